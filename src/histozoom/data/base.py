@@ -1,0 +1,78 @@
+"""What every reader provides: a dataset spec and, per split, a sequence of pairs."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from ..pair import ClassSet, Pair, Points
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Class sets and nominal resolutions of a paired dataset.
+
+    ``cell_mpp``/``tissue_mpp`` are nominal microns per pixel of the stored images; each
+    pair carries its own exact values.
+    """
+
+    cell_classes: ClassSet
+    tissue_classes: ClassSet | None
+    cell_mpp: float = 0.2
+    tissue_mpp: float = 0.8
+    name: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "cell_classes": self.cell_classes.to_dict(),
+            "tissue_classes": None if self.tissue_classes is None else self.tissue_classes.to_dict(),
+            "cell_mpp": self.cell_mpp,
+            "tissue_mpp": self.tissue_mpp,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetSpec":
+        t = d.get("tissue_classes")
+        return cls(
+            ClassSet.from_dict(d["cell_classes"]),
+            None if t is None else ClassSet.from_dict(t),
+            float(d.get("cell_mpp", 0.2)),
+            float(d.get("tissue_mpp", 0.8)),
+            d.get("name", ""),
+        )
+
+
+class PairSplit(Sequence[Pair], ABC):
+    """The pairs of one split, loaded lazily; ``ids`` are sorted sample ids.
+
+    ``split[k]`` is the k-th pair in sorted id order, which is also the challenge's
+    ``image_k`` numbering.
+    """
+
+    spec: DatasetSpec
+    name: str
+
+    @property
+    @abstractmethod
+    def ids(self) -> list[str]: ...
+
+    @abstractmethod
+    def load(self, sample_id: str) -> Pair: ...
+
+    def points(self, sample_id: str) -> Points | None:
+        """Ground-truth cell points (cell frame) without decoding images, where cheap."""
+        return self.load(sample_id).cell_points
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self.load(i) for i in self.ids[k]]
+        return self.load(self.ids[k])
+
+    def __iter__(self) -> Iterator[Pair]:
+        for i in self.ids:
+            yield self.load(i)

@@ -1,0 +1,1 @@
+"""Inference: decoding, predictors, fusion, whole slides."""

@@ -1,0 +1,1 @@
+"""Metrics: detection (OCELOT mF1), segmentation, nuclei instances, statistics."""

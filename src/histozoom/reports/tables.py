@@ -1,0 +1,25 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def _cell(v: Any, digits: int) -> str:
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], title: str | None = None, digits: int = 4) -> str:
+    """Render rows as an aligned text table; floats get ``digits`` decimals."""
+    text = [[str(h) for h in headers]] + [[_cell(v, digits) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in text) for i in range(len(headers))]
+    lines = []
+    if title:
+        lines.append(title)
+    fmt = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines.append(fmt(text[0]))
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend(fmt(r) for r in text[1:])
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training: trainer, losses, checkpoints, experiments."""
