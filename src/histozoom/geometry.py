@@ -298,7 +298,7 @@ def cell_to_tissue(
         # the affine map works in normalised coordinates that do not depend on map size.
         wpx = float(win[:, 2].max()) * out_size[1]
         hpx = float(win[:, 3].max()) * out_size[0]
-        th, tw = max(1, math.ceil(hpx)), max(1, math.ceil(wpx))
+        th, tw = max(1, math.ceil(hpx - 1e-3)), max(1, math.ceil(wpx - 1e-3))
         if th < cell_map.shape[-2] or tw < cell_map.shape[-1]:
             src = F.interpolate(cell_map.float() if not cell_map.is_floating_point() else cell_map,
                                 size=(min(th, cell_map.shape[-2]), min(tw, cell_map.shape[-1])),

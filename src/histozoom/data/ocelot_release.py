@@ -145,8 +145,8 @@ class OcelotReleaseSplit(PairSplit):
         tissue = read_rgb(self._image("tissue", sample_id))
         cell_size = (cell.shape[1], cell.shape[0])
         tissue_size = (tissue.shape[1], tissue.shape[0])
-        _check_box_size(entry, "cell", cell_size, meta_path, sample_id)
-        _check_box_size(entry, "tissue", tissue_size, meta_path, sample_id)
+        check_box_size(entry, "cell", cell_size, meta_path, sample_id)
+        check_box_size(entry, "tissue", tissue_size, meta_path, sample_id)
         placement = placement_from_entry(entry, cell_size, tissue_size, meta_path, sample_id)
         mask_path = self.tissue_png(sample_id)
         mask = read_label_map(mask_path, self.spec.tissue_classes, tissue_size) if mask_path.is_file() else None
@@ -164,7 +164,7 @@ class OcelotReleaseSplit(PairSplit):
         )
 
 
-def _check_box_size(entry: Mapping, view: str, size: tuple[int, int], path: Path, sample_id: str) -> None:
+def check_box_size(entry: Mapping, view: str, size: tuple[int, int], path: Path, sample_id: str) -> None:
     """The stored image must be as large as its level-0 box at the stored mpp (±2 %)."""
     box = entry.get(view, {})
     try:

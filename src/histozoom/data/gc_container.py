@@ -1,0 +1,129 @@
+"""The OCELOT 2023 Grand-Challenge container layout (the algorithm's input folder).
+
+Layout::
+
+    ROOT/images/cell_patches/000.tif     N cell views stacked along the height axis
+    ROOT/images/tissue_patches/000.tif   N tissue views stacked the same way
+    ROOT/metadata.json                   a JSON list; entry k describes pair k
+
+Each metadata entry has the release's per-sample keys (``cell``/``tissue`` boxes with
+``resized_mpp_x/y``, ``patch_x_offset/patch_y_offset``, ``organ``...). Pair ``k`` is the
+challenge's ``image_k``; its id here is ``"k"`` zero-padded to three digits. The
+algorithm writes its detections as ``cell_classification.json`` ("Multiple points").
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, Pair
+from .base import DatasetSpec, PairSplit
+from .io import read_rgb
+from .ocelot_release import check_box_size, placement_from_entry
+
+CELL_TIFF = Path("images/cell_patches/000.tif")
+TISSUE_TIFF = Path("images/tissue_patches/000.tif")
+
+
+def is_container_dir(root: str | Path) -> bool:
+    root = Path(root)
+    return (root / CELL_TIFF).is_file() and (root / "metadata.json").is_file()
+
+
+class GrandChallengeContainer(PairSplit):
+    """All pairs of a container input folder (one split, named ``"container"``).
+
+    Images are decoded once on first access (the container holds one stacked TIFF per
+    view) and sliced per pair.
+    """
+
+    def __init__(self, root: str | Path, spec: DatasetSpec | None = None):
+        self.root = Path(root)
+        self.name = "container"
+        self.spec = spec or DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, name="ocelot-container")
+        self.metadata_path = self.root / "metadata.json"
+        try:
+            with open(self.metadata_path, encoding="utf-8") as fh:
+                meta = json.load(fh)
+        except FileNotFoundError:
+            raise InputError(self.metadata_path, "metadata.json not found") from None
+        except json.JSONDecodeError as e:
+            raise InputError(self.metadata_path, f"invalid JSON ({e})") from e
+        if not isinstance(meta, list) or not meta:
+            raise InputError(self.metadata_path, "expected a non-empty JSON list with one entry per pair")
+        self.metadata: list[dict] = meta
+
+    @cached_property
+    def ids(self) -> list[str]:
+        return [f"{k:03d}" for k in range(len(self.metadata))]
+
+    def _stack(self, rel: Path) -> tuple[np.ndarray, int]:
+        path = self.root / rel
+        arr = read_rgb(path)
+        n = len(self.metadata)
+        if arr.shape[0] % n:
+            raise InputError(
+                path,
+                f"height {arr.shape[0]} px is not a multiple of the {n} pairs listed in "
+                f"{self.metadata_path.name} (mismatched pair count)",
+            )
+        return arr, arr.shape[0] // n
+
+    @cached_property
+    def _cells(self) -> tuple[np.ndarray, int]:
+        return self._stack(CELL_TIFF)
+
+    @cached_property
+    def _tissues(self) -> tuple[np.ndarray, int]:
+        return self._stack(TISSUE_TIFF)
+
+    def load(self, sample_id: str) -> Pair:
+        k = int(sample_id)
+        if not 0 <= k < len(self.metadata):
+            raise InputError(self.metadata_path, f"no entry for pair {sample_id}")
+        cells, ch = self._cells
+        tissues, th = self._tissues
+        cell = cells[k * ch:(k + 1) * ch]
+        tissue = tissues[k * th:(k + 1) * th]
+        entry = self.metadata[k]
+        if not isinstance(entry, dict):
+            raise InputError(self.metadata_path, f"entry {k} is not an object")
+        cell_size, tissue_size = (cell.shape[1], cell.shape[0]), (tissue.shape[1], tissue.shape[0])
+        check_box_size(entry, "cell", cell_size, self.metadata_path, sample_id)
+        check_box_size(entry, "tissue", tissue_size, self.metadata_path, sample_id)
+        placement = placement_from_entry(entry, cell_size, tissue_size, self.metadata_path, sample_id)
+        return Pair(
+            id=sample_id,
+            cell_image=cell,
+            tissue_image=tissue,
+            placement=placement,
+            organ=entry.get("organ"),
+            cell_mpp=float(entry["cell"]["resized_mpp_x"]),
+            tissue_mpp=float(entry["tissue"]["resized_mpp_x"]),
+            meta={"slide_name": entry.get("slide_name"), "split": self.name, "index": k},
+        )
+
+
+def write_container(root: str | Path, pairs: list[Pair]) -> Path:
+    """Write pairs as a container input folder (stacked TIFFs + metadata list), atomically per file.
+
+    All cell views must share one size, and all tissue views another.
+    """
+    from ..atomic import write_json
+    from .io import write_image
+    from .ocelot_release import ocelot_entry
+
+    if not pairs:
+        raise ValueError("write_container: no pairs")
+    if len({p.cell_image.shape for p in pairs}) > 1 or len({p.tissue_image.shape for p in pairs}) > 1:
+        raise ValueError("write_container: all cell views (and all tissue views) must have one size")
+    root = Path(root)
+    write_image(root / CELL_TIFF, np.concatenate([p.cell_image for p in pairs], axis=0))
+    write_image(root / TISSUE_TIFF, np.concatenate([p.tissue_image for p in pairs], axis=0))
+    write_json(root / "metadata.json", [ocelot_entry(p, p.meta.get("split", "test")) for p in pairs])
+    return root
