@@ -36,8 +36,19 @@ def test_disks_overlap_nearest_centre_wins():
     yy, xx = np.mgrid[0:40, 0:48]
     d = np.stack([np.hypot(xx - x, yy - y) for x, y in pts.xy])
     exp = np.where(d.min(0) <= 7, pts.cls[d.argmin(0)], 0)
-    tie = np.isclose(d[0], d[1])
-    np.testing.assert_array_equal(m[~tie], exp[~tie])
+    np.testing.assert_array_equal(m, exp)
+
+
+def test_disk_map_matches_brute_force_on_random_crowds():
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:30, 0:40]
+    for _ in range(30):
+        n = int(rng.integers(1, 25))
+        pts = Points.from_array(np.column_stack([rng.integers(-3, 43, n), rng.integers(-3, 33, n), rng.integers(1, 4, n)]))
+        r = float(rng.choice([2.0, 3.5, 7.0]))
+        d = np.stack([np.hypot(xx - x, yy - y) for x, y in pts.xy])
+        exp = np.where(d.min(0) <= r, pts.cls[d.argmin(0)], 0)  # argmin: lowest index on ties
+        np.testing.assert_array_equal(cell_disk_map(pts, (40, 30), r), exp)
 
 
 def test_disk_map_empty_and_border_points():

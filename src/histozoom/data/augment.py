@@ -90,11 +90,13 @@ def rot90_pair(pair: Pair, k: int) -> Pair:
 
 # ---------------------------------------------------------------------- photometric
 def photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Blur, noise and colour jitter of one ``(H, W, 3)`` uint8 view, each with its probability."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    """Colour jitter, blur and noise of one ``(H, W, 3)`` uint8 view, each with its probability.
+
+    Works in float32 [0, 1] throughout and rounds once at the end.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
     if rng.random() < cfg.p_jitter:
-        order = rng.permutation(4)
-        for op in order:
+        for op in rng.permutation(4):
             if op == 0 and cfg.brightness:
                 t = TF.adjust_brightness(t, float(rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)))
             elif op == 1 and cfg.contrast:
@@ -107,12 +109,11 @@ def photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator)
         sigma = float(rng.uniform(*cfg.blur_sigma))
         ks = 2 * int(np.ceil(3 * sigma)) + 1
         t = TF.gaussian_blur(t, [ks, ks], [sigma, sigma])
-    out = t.permute(1, 2, 0).numpy()
     if rng.random() < cfg.p_noise:
-        std = float(rng.uniform(*cfg.noise_std))
-        noisy = out.astype(np.float32) + rng.normal(0.0, std, out.shape).astype(np.float32)
-        out = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(out)
+        std = float(rng.uniform(*cfg.noise_std)) / 255.0
+        t = t + torch.from_numpy(rng.standard_normal(t.shape, dtype=np.float32)).mul_(std)
+    out = t.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+    return np.ascontiguousarray(out.numpy())
 
 
 class PairedAugment:
