@@ -1,0 +1,87 @@
+"""Peak decoding: planted peaks are found; the NumPy and torch finders agree exactly."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from histozoom.inference.decode import PeakConfig, decode_cells, decode_cells_torch, find_peaks, find_peaks_torch
+from histozoom.pair import OCELOT_CELL_CLASSES
+
+
+def planted(rng, h=96, w=80, n=12, sigma=3.0):
+    yx = []
+    while len(yx) < n:
+        p = (int(rng.integers(8, h - 8)), int(rng.integers(8, w - 8)))
+        if all(max(abs(p[0] - q[0]), abs(p[1] - q[1])) > 12 for q in yx):
+            yx.append(p)
+    fg = np.zeros((h, w))
+    for y, x in yx:
+        fg[y, x] = 1.0
+    fg = ndimage.gaussian_filter(fg, sigma)
+    return fg / fg.max() * 0.95, np.array(yx)
+
+
+def test_planted_peaks_found_including_border():
+    rng = np.random.default_rng(0)
+    fg, yx = planted(rng)
+    fg2 = fg.copy()
+    fg2[0, 0] = 0.99  # a peak on the border is kept
+    got = find_peaks(fg2, 4, 0.1)
+    assert {tuple(p) for p in got} == {tuple(p) for p in yx} | {(0, 0)}
+    assert len(got) == len(yx) + 1
+
+
+def test_decode_classes_and_confidences():
+    rng = np.random.default_rng(1)
+    fg, yx = planted(rng, n=6)
+    prob = np.zeros((3, *fg.shape))
+    prob[0] = 1 - fg
+    tc = np.zeros(fg.shape, bool)
+    tc[:, 40:] = True  # right half is TC (id 2), left half BC (id 1)
+    prob[1] = np.where(tc, 0.3 * fg, 0.7 * fg)
+    prob[2] = np.where(tc, 0.7 * fg, 0.3 * fg)
+    pts = decode_cells(prob, OCELOT_CELL_CLASSES, PeakConfig(min_distance_um=0.8, threshold=0.2), mpp=0.2)
+    assert len(pts) == len(yx)
+    for (x, y), c, p in zip(pts.xy, pts.cls, pts.prob):
+        assert c == (2 if x >= 40 else 1)
+        assert p == pytest.approx(0.7 * fg[int(y), int(x)])
+    assert np.all(np.diff(1 - prob[0][pts.xy[:, 1].astype(int), pts.xy[:, 0].astype(int)]) <= 0)  # highest first
+
+
+@pytest.mark.parametrize("quantize", [None, 8, 3])
+def test_torch_and_numpy_finders_agree(quantize):
+    rng = np.random.default_rng(2)
+    for trial in range(25):
+        fg = ndimage.gaussian_filter(rng.uniform(size=(40, 48)), float(rng.uniform(0.5, 2.5)))
+        fg = (fg - fg.min()) / np.ptp(fg)
+        if quantize:  # plateaus and ties between neighbours
+            fg = np.round(fg * quantize) / quantize
+        md = int(rng.integers(1, 6))
+        th = float(rng.uniform(0, 0.6))
+        ref = find_peaks(fg, md, th)
+        got = find_peaks_torch(torch.from_numpy(fg)[None], md, th)[0]
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_constant_map_has_no_peaks_in_both():
+    fg = np.full((10, 10), 0.8)
+    assert len(find_peaks(fg, 2, 0.1)) == 0
+    assert len(find_peaks_torch(torch.from_numpy(fg)[None], 2, 0.1)[0]) == 0
+
+
+def test_batched_torch_decode_matches_numpy():
+    rng = np.random.default_rng(3)
+    probs = []
+    for _ in range(3):
+        fg, _ = planted(rng, n=5)
+        cls = rng.uniform(size=(2, *fg.shape))
+        cls = cls / cls.sum(0) * fg
+        probs.append(np.concatenate([(1 - fg)[None], cls]))
+    batch = torch.from_numpy(np.stack(probs))
+    cfg = PeakConfig(1.0, 0.3)
+    for b, pts in enumerate(decode_cells_torch(batch, OCELOT_CELL_CLASSES, cfg)):
+        ref = decode_cells(probs[b], OCELOT_CELL_CLASSES, cfg)
+        np.testing.assert_array_equal(pts.xy, ref.xy)
+        np.testing.assert_array_equal(pts.cls, ref.cls)
+        np.testing.assert_allclose(pts.prob, ref.prob)
