@@ -1,0 +1,90 @@
+"""Losses for the cell and tissue branches (OCELOT supplement B: Dice on both).
+
+Soft multi-class Dice over a softmax: for each channel ``c`` of the batch,
+``dice_c = (2·Σ p_c·g_c + ε) / (Σ p_c + Σ g_c + ε)`` summed over all valid pixels of all
+images, and the loss is ``1 − mean_c dice_c``. Pixels whose label is the ignore value
+(tissue 255 = unknown, and 0 = unlabelled in tissue maps) do not count.
+
+Label → channel: a :class:`ClassSet` orders classes; the cell output has channel 0 =
+background and channel ``1 + k`` = ``classes.ids[k]``; the tissue output has channel
+``k`` = ``classes.ids[k]`` (no background channel).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..pair import ClassSet
+
+IGNORE = -1
+
+
+def label_lookup(classes: ClassSet, background: bool) -> torch.Tensor:
+    """Table mapping label values 0..255 to channel indices (``IGNORE`` where none)."""
+    table = torch.full((256,), IGNORE, dtype=torch.long)
+    offset = 1 if background else 0
+    if background:
+        table[0] = 0
+    for k, cid in enumerate(classes.ids):
+        table[cid] = k + offset
+    return table
+
+
+def to_channels(labels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Label map (any int dtype, values 0..255) → channel-index map with ``IGNORE``."""
+    return table.to(labels.device)[labels.long().clamp(0, 255)]
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """``1 − mean_c dice_c`` of ``softmax(logits)`` (B, C, H, W) against channel indices
+    ``target`` (B, H, W) with ``IGNORE`` pixels left out. Logits at another resolution than
+    the target are resized bilinearly first.
+    """
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    probs = logits.float().softmax(dim=1)
+    valid = (target != IGNORE).unsqueeze(1)
+    onehot = F.one_hot(target.clamp(min=0), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    probs = probs * valid
+    onehot = onehot * valid
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + eps) / (denom + eps)
+    return 1.0 - dice.mean()
+
+
+class CellTissueLoss(torch.nn.Module):
+    """``w_cell · Dice(cell) + w_tissue · Dice(tissue)`` (tissue term skipped when its weight
+    is 0 or the batch has no tissue labels — Table 7's "large FoV without tissue labels").
+
+    ``tissue_in_cell_frame``: the tissue branch sees the cell view (Table 7's "tissue labels
+    without large FoV"), so its target is the tissue mask cropped to the cell window.
+    """
+
+    def __init__(
+        self,
+        cell_classes: ClassSet,
+        tissue_classes: ClassSet | None,
+        cell_weight: float = 1.0,
+        tissue_weight: float = 1.0,
+        tissue_in_cell_frame: bool = False,
+    ):
+        super().__init__()
+        self.register_buffer("cell_table", label_lookup(cell_classes, background=True), persistent=False)
+        tissue = tissue_classes or ClassSet(("none",), (1,))
+        self.register_buffer("tissue_table", label_lookup(tissue, background=False), persistent=False)
+        self.cell_weight = cell_weight
+        self.tissue_weight = tissue_weight if tissue_classes is not None else 0.0
+        self.tissue_key = "tissue_target_cell" if tissue_in_cell_frame else "tissue_target"
+
+    def forward(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        cell = soft_dice_loss(outputs["cell_logits"], to_channels(batch["cell_target"], self.cell_table))
+        total = self.cell_weight * cell
+        parts = {"cell_dice_loss": float(cell.detach())}
+        if self.tissue_weight and "tissue_logits" in outputs and self.tissue_key in batch:
+            tissue = soft_dice_loss(outputs["tissue_logits"], to_channels(batch[self.tissue_key], self.tissue_table))
+            total = total + self.tissue_weight * tissue
+            parts["tissue_dice_loss"] = float(tissue.detach())
+        return total, parts
