@@ -1,0 +1,511 @@
+"""Synthetic ccRCC nuclei grading tiles that follow the ISUP nucleoli rule CHR-Net relies on.
+
+A tile is a 400x view (``size`` px at ``mpp`` µm/px, 0.25 µm/px by default) of clear-cell
+tumour: pale cytoplasm crossed by thin pink cell membranes, with nuclei of the four
+classes of :data:`~histozoom.data.nuclei.readers.CCRCC` (ids taken from the scheme):
+
+* **G1** — small, round, dark nuclei; no nucleolus visible at 400x.
+* **G2** — slightly larger, paler nuclei with a *small* nucleolus (radius ~0.3 µm,
+  ~1.2 px): it stands out at 400x but is averaged away when the image is shrunk by
+  ``low_mag_factor`` (4, i.e. the 100x view of CHR-Net) with an area (block) mean.
+* **G3** — larger, vesicular nuclei with a *prominent* nucleolus (radius ~1 µm, ~4 px),
+  still a clear dark spot at 100x.
+* **endothelial** — thin elongated dark nuclei (aspect 2.8-4, eccentricity > 0.9) lying
+  along a pink capillary wall.
+
+Nuclei carry a chromatin texture (smooth noise with a ~1.25 µm correlation length) that
+survives the ×4 shrink, so at 100x a G2 nucleolus is no stronger than G1 chromatin
+(G2 looks like G1 at 100x and like G3 at 400x, the inter-class similarity of the paper).
+About ``touching`` of the tumour nuclei are placed in overlapping/abutting pairs, so a
+threshold of the image merges them; overlaps are resolved "later nucleus wins" in the
+instance map. :func:`nucleolus_contrast` and :func:`visibility_report` measure the
+visibility rule on generated tiles (written to ``synthetic.json`` by
+:func:`write_synthetic_nuclei`).
+
+Rendering is in optical density (hematoxylin + eosin, Beer-Lambert), with per-tile stain
+jitter and sensor noise, like :mod:`histozoom.data.synthetic`. Everything is
+deterministic given the ``numpy.random.Generator``; :func:`write_synthetic_nuclei` seeds
+tile ``k`` with ``SeedSequence([seed, k])``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from ...atomic import write_json
+from ...errors import InputError
+from ..synthetic import _smooth_noise
+from .readers import CCRCC, NucleiClassScheme, NucleiSample, write_class_file, write_nuclei_sample
+
+__all__ = [
+    "NucleusClassParams",
+    "NucleiSynthConfig",
+    "generate_sample",
+    "downsample_mean",
+    "nucleolus_contrast",
+    "visibility_report",
+    "write_synthetic_nuclei",
+    "SPLIT_FRACTIONS",
+]
+
+SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+"""The paper's random 70/10/20 split."""
+
+_H_VEC = np.array([0.95, 1.05, 0.42], np.float32)  # hematoxylin OD at density 1 (blue-purple)
+_E_VEC = np.array([0.09, 0.46, 0.25], np.float32)  # eosin OD at density 1 (pink)
+
+
+@dataclass(frozen=True)
+class NucleusClassParams:
+    """Appearance of one nucleus class (ranges are uniform ``(low, high)``).
+
+    ``radius_um``: equivalent radius ``sqrt(a b)``; ``aspect``: ``a / b``; ``darkness``:
+    hematoxylin density; ``nucleolus_um``: nucleolus radius (``None``: no nucleolus);
+    ``nucleolus_od``: density added at the nucleolus; ``weight``: share of the nuclei.
+    """
+
+    name: str
+    radius_um: tuple[float, float]
+    aspect: tuple[float, float]
+    darkness: tuple[float, float]
+    nucleolus_um: tuple[float, float] | None = None
+    nucleolus_od: float = 0.0
+    weight: float = 0.25
+    irregularity: float = 0.05
+
+
+DEFAULT_CLASSES = (
+    NucleusClassParams("G1", (2.7, 3.3), (1.0, 1.35), (0.95, 1.15), None, 0.0, 0.30),
+    NucleusClassParams("G2", (3.0, 3.7), (1.0, 1.35), (0.80, 1.00), (0.25, 0.31), 0.30, 0.25),
+    NucleusClassParams("G3", (3.8, 4.6), (1.0, 1.35), (0.65, 0.80), (0.95, 1.15), 0.80, 0.20),
+    NucleusClassParams("endothelial", (2.3, 2.8), (2.8, 4.0), (1.05, 1.25), None, 0.0, 0.25, 0.02),
+)
+
+
+@dataclass(frozen=True)
+class NucleiSynthConfig:
+    """Configuration of the generator (lengths in µm unless named ``_px``).
+
+    ``n_nuclei``: range of nuclei per tile (at the default size and mpp: a 64 µm field).
+    ``touching``: probability that a tumour nucleus is placed overlapping a previous,
+    unpaired tumour nucleus (centre distance 0.8-0.95 of the sum of their radii along
+    the joining line). ``chromatin``: relative sd of the chromatin density texture,
+    ``chromatin_um`` its correlation length. ``noise``: sensor noise (grey levels).
+    """
+
+    size: int = 256
+    mpp: float = 0.25
+    low_mag_factor: int = 4
+    n_nuclei: tuple[int, int] = (16, 26)
+    touching: float = 0.4
+    chromatin: float = 0.10
+    chromatin_um: float = 1.25
+    noise: float = 2.0
+    classes: tuple[NucleusClassParams, ...] = DEFAULT_CLASSES
+    scheme: NucleiClassScheme = CCRCC
+
+    def __post_init__(self):
+        names = [c.name for c in self.classes]
+        missing = [n for n in names if n not in self.scheme.classes.names]
+        if missing:
+            raise ValueError(f"class params {missing} are not classes of scheme {self.scheme.name!r}")
+        if self.size < 32 or self.size % self.low_mag_factor:
+            raise ValueError(f"size must be >= 32 and a multiple of low_mag_factor, got {self.size}")
+
+    def class_id(self, p: NucleusClassParams) -> int:
+        return self.scheme.classes.id(p.name)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["scheme"] = self.scheme.to_dict()
+        return d
+
+
+# ---------------------------------------------------------------------- geometry
+@dataclass
+class _Nucleus:
+    cls: int
+    p: NucleusClassParams
+    cx: float
+    cy: float
+    a: float
+    b: float
+    theta: float
+    irr: np.ndarray  # (4,): amplitudes c2, c3 and phases p2, p3
+    darkness: float
+    partner: int = -1
+
+    def radius_towards(self, phi: float) -> float:
+        """Radius of the (smooth) ellipse along direction ``phi``."""
+        psi = phi - self.theta
+        return self.a * self.b / math.hypot(self.b * math.cos(psi), self.a * math.sin(psi))
+
+
+def _draw_nucleus(n: _Nucleus, size: int) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """Bounding-box slices and the boolean mask of a nucleus (pixel centres at integers)."""
+    amp = float(np.abs(n.irr[:2]).sum())
+    k = n.a * (1 + amp) + 2
+    y0, y1 = max(int(math.floor(n.cy - k)), 0), min(int(math.ceil(n.cy + k)) + 1, size)
+    x0, x1 = max(int(math.floor(n.cx - k)), 0), min(int(math.ceil(n.cx + k)) + 1, size)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    dx, dy = xx - n.cx, yy - n.cy
+    c, s = math.cos(n.theta), math.sin(n.theta)
+    u, v = (dx * c + dy * s) / n.a, (-dx * s + dy * c) / n.b
+    psi = np.arctan2(v, u)
+    edge = 1 + n.irr[0] * np.cos(2 * psi + n.irr[2]) + n.irr[1] * np.cos(3 * psi + n.irr[3])
+    mask = u * u + v * v <= edge * edge
+    if not mask.any():
+        return None
+    return (slice(y0, y1), slice(x0, x1)), mask
+
+
+def _new_nucleus(cfg: NucleiSynthConfig, p: NucleusClassParams, rng: np.random.Generator) -> _Nucleus:
+    px = 1.0 / cfg.mpp
+    r = rng.uniform(*p.radius_um) * px
+    asp = rng.uniform(*p.aspect)
+    irr = np.array([rng.uniform(0, p.irregularity), rng.uniform(0, p.irregularity * 0.6),
+                    rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi)])
+    return _Nucleus(cfg.class_id(p), p, 0.0, 0.0, r * math.sqrt(asp), r / math.sqrt(asp),
+                    rng.uniform(0, math.pi), irr, rng.uniform(*p.darkness))
+
+
+def _free(n: _Nucleus, placed: Sequence[_Nucleus], skip: int = -1, gap: float = 3.0) -> bool:
+    for j, m in enumerate(placed):
+        if j == skip:
+            continue
+        d = math.hypot(n.cx - m.cx, n.cy - m.cy)
+        if d < n.a + m.a + gap:
+            # exact enough: directional radii along the joining line
+            phi = math.atan2(m.cy - n.cy, m.cx - n.cx)
+            if d < n.radius_towards(phi) * 1.12 + m.radius_towards(phi + math.pi) * 1.12 + gap:
+                return False
+    return True
+
+
+def _inside(n: _Nucleus, size: int) -> bool:
+    """Centre inside the tile; elongated (endothelial-like) nuclei wholly inside."""
+    m = n.a + 1 if n.a > 1.8 * n.b else 0.4 * n.b
+    return m <= n.cx <= size - 1 - m and m <= n.cy <= size - 1 - m
+
+
+def _place(cfg: NucleiSynthConfig, rng: np.random.Generator) -> list[_Nucleus]:
+    size = cfg.size
+    params = cfg.classes
+    w = np.array([p.weight for p in params], np.float64)
+    n_target = int(rng.integers(cfg.n_nuclei[0], cfg.n_nuclei[1] + 1))
+    picks = rng.choice(len(params), n_target, p=w / w.sum())
+    tumour = {cfg.scheme.classes.id(n) for n in ("G1", "G2", "G3") if n in cfg.scheme.classes.names}
+    placed: list[_Nucleus] = []
+    for pi in picks:
+        n = _new_nucleus(cfg, params[pi], rng)
+        done = False
+        if n.cls in tumour and rng.random() < cfg.touching:
+            cand = [j for j, m in enumerate(placed) if m.cls in tumour and m.partner < 0]
+            if cand:
+                j = int(cand[rng.integers(len(cand))])
+                m = placed[j]
+                for _ in range(12):
+                    phi = rng.uniform(0, 2 * math.pi)
+                    d = (m.radius_towards(phi) + n.radius_towards(phi + math.pi)) * rng.uniform(0.8, 0.95)
+                    n.cx, n.cy = m.cx + d * math.cos(phi), m.cy + d * math.sin(phi)
+                    if _inside(n, size) and _free(n, placed, skip=j):
+                        n.partner, m.partner = j, len(placed)
+                        done = True
+                        break
+        if not done:
+            for _ in range(150):
+                n.cx, n.cy = rng.uniform(0, size - 1), rng.uniform(0, size - 1)
+                if _inside(n, size) and _free(n, placed):
+                    done = True
+                    break
+        if done:
+            placed.append(n)
+    return placed
+
+
+# ---------------------------------------------------------------------- rendering helpers
+def _soft_disk(shape: tuple[int, int], cx: float, cy: float, r: float) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Coverage (0..1) of a disk with a one-pixel soft edge, on its bounding box."""
+    k = r + 2
+    y0, y1 = max(int(cy - k), 0), min(int(cy + k) + 2, shape[0])
+    x0, x1 = max(int(cx - k), 0), min(int(cx + k) + 2, shape[1])
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    d = np.hypot(xx - cx, yy - cy)
+    return (slice(y0, y1), slice(x0, x1)), np.clip(r - d + 0.5, 0.0, 1.0)
+
+
+def _segment_distance(xx: np.ndarray, yy: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
+    d = p1 - p0
+    t = np.clip(((xx - p0[0]) * d[0] + (yy - p0[1]) * d[1]) / max(float(d @ d), 1e-9), 0, 1)
+    return np.hypot(xx - (p0[0] + t * d[0]), yy - (p0[1] + t * d[1]))
+
+
+def _deep_point(mask: np.ndarray, min_depth: float, rng: np.random.Generator) -> tuple[float, float] | None:
+    """A random pixel of ``mask`` at least ``min_depth`` from its outside (else the deepest one)."""
+    edt = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    ys, xs = np.nonzero(edt >= min_depth)
+    if ys.size == 0:
+        if edt.max() < 1:
+            return None
+        ys, xs = np.nonzero(edt == edt.max())
+    k = rng.integers(ys.size)
+    return float(xs[k]), float(ys[k])
+
+
+# ---------------------------------------------------------------------- one tile
+def generate_sample(cfg: NucleiSynthConfig, rng: np.random.Generator, sample_id: str) -> NucleiSample:
+    """Render one tile.
+
+    ``meta``: ``nucleoli`` (list of ``{"id", "class", "x", "y", "r_px"}`` in tile pixels),
+    ``touching`` (pairs of ids placed to overlap/abut), ``low_mag_factor``.
+    """
+    size = cfg.size
+    shape = (size, size)
+    px = 1.0 / cfg.mpp
+    nuclei = _place(cfg, rng)
+
+    inst = np.zeros(shape, np.int32)
+    cover = np.zeros(shape, np.uint8)
+    for i, n in enumerate(nuclei, start=1):
+        drawn = _draw_nucleus(n, size)
+        if drawn is None:
+            continue
+        sl, m = drawn
+        inst[sl][m] = i
+        cover[sl] += m.astype(np.uint8)
+    present = np.unique(inst)
+    present = present[present > 0]
+    inst_class = {int(i): nuclei[i - 1].cls for i in present}
+
+    # ---- hematoxylin: nuclei with chromatin texture; overlaps darker
+    chrom = _smooth_noise(rng, shape, cfg.chromatin_um * px)
+    grain = rng.standard_normal(shape).astype(np.float32)
+    dark = np.zeros(len(nuclei) + 1, np.float32)
+    dark[1:] = [n.darkness for n in nuclei]
+    hem = dark[inst] * (1 + cfg.chromatin * chrom + 0.25 * cfg.chromatin * grain)
+    hem += 0.25 * (cover > 1)
+    eos = np.zeros(shape, np.float32)
+
+    # ---- nucleoli (placed deep enough in the visible part of their nucleus)
+    nucleoli = []
+    objs = ndimage.find_objects(inst)
+    for i in present:
+        n = nuclei[i - 1]
+        if n.p.nucleolus_um is None:
+            continue
+        r = rng.uniform(*n.p.nucleolus_um) * px
+        sl = objs[i - 1]
+        pt = _deep_point(inst[sl] == i, r + 4.0, rng)
+        if pt is None:
+            continue
+        x, y = pt[0] + sl[1].start + rng.uniform(-0.5, 0.5), pt[1] + sl[0].start + rng.uniform(-0.5, 0.5)
+        dsl, cov = _soft_disk(shape, x, y, r)
+        cov = cov * (inst[dsl] == i)
+        hem[dsl] += 0.7 * n.p.nucleolus_od * cov
+        eos[dsl] += 1.5 * n.p.nucleolus_od * cov
+        nucleoli.append({"id": int(i), "class": int(n.cls), "x": float(x), "y": float(y), "r_px": float(r)})
+
+    # ---- background: clear cytoplasm, cell membranes (Voronoi of tumour cells), capillaries
+    fg = inst > 0
+    near_fg = ndimage.binary_dilation(fg, iterations=1)
+    eos += (0.16 + 0.05 * rng.standard_normal()) * np.clip(
+        1 + 0.5 * _smooth_noise(rng, shape, 2.0 * px) + 0.25 * _smooth_noise(rng, shape, 0.5 * px), 0.1, None
+    ) * ~fg
+    endo_id = cfg.scheme.classes.id("endothelial") if "endothelial" in cfg.scheme.classes.names else None
+    seeds = [(n.cx, n.cy) for n in nuclei if n.cls != endo_id]
+    n_extra = int(rng.integers(3, 8))
+    seeds += list(zip(rng.uniform(0, size, n_extra), rng.uniform(0, size, n_extra)))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    if len(seeds) >= 2:
+        d, _ = cKDTree(np.array(seeds)).query(np.column_stack([xx.ravel(), yy.ravel()]), k=2)
+        gap = (d[:, 1] - d[:, 0]).reshape(shape).astype(np.float32)
+        memb = np.exp(-((gap / 1.6) ** 2)) * (1 + 0.3 * _smooth_noise(rng, shape, 3.0))
+        eos += 0.6 * np.clip(memb, 0, None) * ~near_fg
+    for n in nuclei:
+        if n.cls != endo_id:
+            continue
+        ext = n.a + rng.uniform(0.8, 1.6) * n.a
+        dvec = np.array([math.cos(n.theta), math.sin(n.theta)], np.float32)
+        c = np.array([n.cx, n.cy], np.float32)
+        off = np.array([-dvec[1], dvec[0]], np.float32) * (n.b + 1.5) * rng.choice([-1, 1])
+        dist = _segment_distance(xx, yy, c - ext * dvec + off, c + ext * dvec + off)
+        eos += 1.0 * np.exp(-((dist / 2.0) ** 2)) * ~near_fg
+
+    # ---- optics and colour
+    hem = ndimage.gaussian_filter(hem, 0.6) + 0.02
+    eos = ndimage.gaussian_filter(eos, 0.6)
+    h_vec = _H_VEC * (1 + rng.normal(0, 0.05, 3)).astype(np.float32)
+    e_vec = _E_VEC * (1 + rng.normal(0, 0.08, 3)).astype(np.float32)
+    od = hem[..., None] * h_vec + eos[..., None] * e_vec
+    rgb = 250.0 * np.exp(-od) + rng.normal(0, cfg.noise, od.shape).astype(np.float32)
+    image = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+    touching = sorted({tuple(sorted((i + 1, n.partner + 1))) for i, n in enumerate(nuclei) if n.partner >= 0})
+    touching = [list(t) for t in touching if t[0] in inst_class and t[1] in inst_class]
+    return NucleiSample(
+        sample_id, image, inst, inst_class, cfg.scheme.classes, cfg.mpp, None,
+        {"nucleoli": nucleoli, "touching": touching, "low_mag_factor": cfg.low_mag_factor},
+    )
+
+
+# ---------------------------------------------------------------------- the visibility rule
+def downsample_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Area (block-mean) shrink by an integer ``factor`` (float32; edges cropped to a multiple).
+
+    This is what a lower objective does to detail finer than its pixels, and the 100x
+    view of CHR-Net (400x image at 1/``factor`` per side).
+    """
+    a = np.asarray(image, np.float32)
+    if factor == 1:
+        return a
+    h, w = a.shape[0] // factor * factor, a.shape[1] // factor * factor
+    a = a[:h, :w]
+    return a.reshape(h // factor, factor, w // factor, factor, *a.shape[2:]).mean(axis=(1, 3))
+
+
+def nucleolus_contrast(
+    gray: np.ndarray, x: float, y: float, r_px: float, factor: int = 1, mask: np.ndarray | None = None
+) -> float:
+    """Local contrast of a dark spot of radius ``r_px`` at ``(x, y)`` (400x pixels), seen at 1/``factor``.
+
+    The grey image is block-mean shrunk by ``factor``; with ``r = r_px / factor`` and the
+    spot centre mapped to the shrunk grid, contrast = median of the ring
+    ``r + 1 <= d <= r + 2.5`` (shrunk pixels; only pixels mostly inside ``mask`` if given)
+    minus the darkest pixel within ``r + 0.5`` of the centre. Positive = a darker spot.
+    """
+    g = downsample_mean(gray, factor)
+    xs, ys = (x + 0.5) / factor - 0.5, (y + 0.5) / factor - 0.5
+    r = r_px / factor
+    k = int(math.ceil(r + 3))
+    y0, y1 = max(int(ys) - k, 0), min(int(ys) + k + 2, g.shape[0])
+    x0, x1 = max(int(xs) - k, 0), min(int(xs) + k + 2, g.shape[1])
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    d = np.hypot(xx - xs, yy - ys)
+    win = g[y0:y1, x0:x1]
+    spot = d <= max(r + 0.5, 0.75)
+    ring = (d >= r + 1) & (d <= r + 2.5)
+    if mask is not None:
+        ring &= downsample_mean(mask.astype(np.float32), factor)[y0:y1, x0:x1] >= 0.5
+    if not spot.any() or not ring.any():
+        return float("nan")
+    return float(np.median(win[ring]) - win[spot].min())
+
+
+def visibility_report(samples: Iterable[NucleiSample], factor: int = 4, null_per_nucleus: int = 2,
+                      seed: int = 0, scheme: NucleiClassScheme = CCRCC) -> dict:
+    """How visible the nucleoli are at 400x and at 1/``factor`` (100x).
+
+    For every nucleolus in ``meta["nucleoli"]`` the :func:`nucleolus_contrast` at both
+    scales; as reference ("null"), the same statistic with the same radius at random deep
+    points of G1 nuclei (chromatin only). A spot is *visible* at a scale when its
+    contrast exceeds the null's 95th percentile there. Returns, per class name with
+    nucleoli, the share of visible nucleoli at ``"400x"`` and ``"100x"`` and the counts.
+    """
+    rng = np.random.default_rng(seed)
+    g1 = scheme.classes.id("G1")
+    spots: dict[int, list[tuple[float, float]]] = {}
+    null: dict[int, list[tuple[float, float]]] = {}
+    for s in samples:
+        gray = s.image.astype(np.float32).mean(axis=2)
+        objs = ndimage.find_objects(s.inst_map)
+        g1_ids = [i for i, c in (s.inst_class or {}).items() if c == g1]
+        for nu in s.meta.get("nucleoli", []):
+            m = s.inst_map == nu["id"]
+            spots.setdefault(nu["class"], []).append(
+                (nucleolus_contrast(gray, nu["x"], nu["y"], nu["r_px"], 1, m),
+                 nucleolus_contrast(gray, nu["x"], nu["y"], nu["r_px"], factor, m))
+            )
+            # null points with this radius in G1 nuclei of the same tile
+            for _ in range(null_per_nucleus if g1_ids else 0):
+                j = g1_ids[rng.integers(len(g1_ids))]
+                sl = objs[j - 1]
+                pt = _deep_point(s.inst_map[sl] == j, nu["r_px"] + 4.0, rng)
+                if pt is None:
+                    continue
+                x, y = pt[0] + sl[1].start, pt[1] + sl[0].start
+                mj = s.inst_map == j
+                null.setdefault(nu["class"], []).append(
+                    (nucleolus_contrast(gray, x, y, nu["r_px"], 1, mj),
+                     nucleolus_contrast(gray, x, y, nu["r_px"], factor, mj))
+                )
+    out: dict = {}
+    for c, vals in sorted(spots.items()):
+        v = np.array(vals, np.float64)
+        nv = np.array(null.get(c, []), np.float64).reshape(-1, 2)
+        entry = {"n": len(v), "n_null": len(nv)}
+        for k, name in enumerate(("400x", "100x")):
+            thr = float(np.nanpercentile(nv[:, k], 95)) if len(nv) else float("nan")
+            entry[name] = float(np.nanmean(v[:, k] > thr)) if len(nv) else float("nan")
+            entry[f"threshold_{name}"] = thr
+            entry[f"median_contrast_{name}"] = float(np.nanmedian(v[:, k]))
+        out[scheme.classes.name(c)] = entry
+    return out
+
+
+# ---------------------------------------------------------------------- datasets
+def _split_sizes(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    names = list(fractions)
+    tot = sum(fractions.values())
+    sizes = {k: int(math.floor(n * fractions[k] / tot)) for k in names}
+    rest = n - sum(sizes.values())
+    for k in sorted(names, key=lambda k: -(n * fractions[k] / tot - sizes[k]))[:rest]:
+        sizes[k] += 1
+    return sizes
+
+
+def write_synthetic_nuclei(
+    out_dir: str | Path,
+    n: int,
+    seed: int = 0,
+    cfg: NucleiSynthConfig | None = None,
+    *,
+    splits: Mapping[str, float] = SPLIT_FRACTIONS,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``n`` tiles in the plain folder layout, split ``train/val/test`` (70/10/20).
+
+    ``ROOT/classes.json`` holds the scheme (with its cross-category merges) and the mpp;
+    ``ROOT/SPLIT/images/NNNN.png``, ``labels/NNNN.npy``, ``classes/NNNN.json``;
+    ``ROOT/synthetic.json`` the config, the tiles per split, class counts and the
+    :func:`visibility_report` of the first 50 tiles. Tile ``k`` (ids numbered across splits in this order)
+    depends only on ``(seed, k)``.
+    """
+    cfg = cfg or NucleiSynthConfig()
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise InputError(root, "exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise InputError(root, "directory exists and is not empty (pass overwrite=True)")
+    sizes = _split_sizes(n, splits)
+    width = max(4, len(str(n)))
+    write_class_file(root / "classes.json", cfg.scheme, cfg.mpp)
+    k = 0
+    report: dict = {"config": cfg.to_dict(), "seed": seed, "splits": {}}
+    probe: list[NucleiSample] = []  # the first 50 tiles, for the visibility report
+    for split, m in sizes.items():
+        counts: dict[str, int] = {name: 0 for name in cfg.scheme.classes.names}
+        ids = []
+        for _ in range(m):
+            s = generate_sample(cfg, np.random.default_rng(np.random.SeedSequence([int(seed), k])), f"{k:0{width}d}")
+            write_nuclei_sample(root / split, s)
+            for c in s.inst_class.values():
+                counts[cfg.scheme.classes.name(c)] += 1
+            ids.append(s.id)
+            if len(probe) < 50:
+                probe.append(s)
+            k += 1
+        report["splits"][split] = {"ids": ids, "class_counts": counts}
+    report["visibility"] = visibility_report(probe, cfg.low_mag_factor, scheme=cfg.scheme)
+    write_json(root / "synthetic.json", report)
+    return root
+
