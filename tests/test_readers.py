@@ -161,7 +161,8 @@ def test_bad_metadata_window_outside(tmp_path, pairs):
     "rows, problem",
     [
         ("1,2,1\n3,four,2\n", r":2: cannot parse"),
-        ("1,2\n", r":1: expected 3 columns"),
+        ("1,2\n", r":1: expected columns x,y,class\[,prob\]"),
+        ("1,2,1,1.5\n", r":1: probability 1.5 is outside"),
         ("1,2,7\n", r":1: class 7 is not in the class set"),
         ("1,2,1\n500,3,1\n", r":2: point \(500, 3\) lies outside"),
     ],

@@ -21,7 +21,6 @@ counted as false positives (an image without ground truth) and reported in
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -40,6 +39,7 @@ from .data.challenge_json import (
     parse_image_name,
     read_challenge_json,
 )
+from .data.io import read_points_csv
 from .errors import InputError
 from .geometry import Placement
 from .metrics.detection import (
@@ -166,36 +166,6 @@ def _align_names(
 
 
 # ---------------------------------------------------------------------- CSV folders
-def _read_csv_points(path: Path, classes: ClassSet | None, size: tuple[int, int] | None) -> Points:
-    """``x,y,class[,prob]`` rows (optional header); errors name the file and row."""
-    rows: list[tuple[float, float, int, float]] = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if lineno == 1 and row[0].strip().lower() in ("x", "x_coord"):
-                continue
-            if len(row) not in (3, 4):
-                raise InputError(path, f"expected columns x,y,class[,prob], got {len(row)}: {row!r}", row=lineno)
-            try:
-                x, y = float(row[0]), float(row[1])
-                c = int(row[2])
-                p = float(row[3]) if len(row) == 4 else 1.0
-            except ValueError:
-                raise InputError(path, f"cannot parse x,y,class[,prob] from {row!r}", row=lineno) from None
-            if not (math.isfinite(x) and math.isfinite(y)):
-                raise InputError(path, f"non-finite coordinate in {row!r}", row=lineno)
-            if classes is not None and c not in classes.ids:
-                raise InputError(path, f"class {c} is not in the class set {list(classes.ids)}", row=lineno)
-            if size is not None and not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
-                raise InputError(path, f"point ({x:g}, {y:g}) lies outside the {size[0]}x{size[1]} image", row=lineno)
-            if not (0.0 <= p <= 1.0):
-                raise InputError(path, f"probability {p!r} is outside [0, 1]", row=lineno)
-            rows.append((x, y, c, p))
-    a = np.array(rows, dtype=np.float64).reshape(-1, 4)
-    return Points(a[:, :2], a[:, 2].astype(np.int64), a[:, 3])
-
-
 def _size_for(image_size: ImageSize, k: int) -> tuple[int, int] | None:
     if image_size is None:
         return None
@@ -217,7 +187,7 @@ def _read_csv_folder(folder: Path, classes: ClassSet | None, image_size: ImageSi
     for stem, k in index.items():
         if k in points:
             raise InputError(files[stem], f"a second file for image {image_name(k)} ({names[k]!r} came first)")
-        points[k] = _read_csv_points(files[stem], classes, _size_for(image_size, k))
+        points[k] = read_points_csv(files[stem], classes, _size_for(image_size, k))
         names[k] = stem
     num = None if ref is not None else len(points)
     return PointSet(points, num, names if ref is None else {}, str(folder), classes=classes, warnings=warnings)

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from ..geometry import Placement
-from ..pair import Pair, Points
+from ..pair import Pair
 
 
 @dataclass(frozen=True)

@@ -76,35 +76,40 @@ def check_size(path: str | Path, arr: np.ndarray, size: tuple[int, int] | None) 
 
 
 def read_points_csv(path: str | Path, classes: ClassSet | None = None, size: tuple[int, int] | None = None) -> Points:
-    """Read ``x,y,class`` rows (a header line is allowed). Errors name the file and 1-based row.
+    """Read ``x,y,class[,prob]`` rows (a header line is allowed; prob defaults to 1).
 
-    Points outside ``size = (width, height)`` and classes not in ``classes`` are errors.
+    Errors name the file and 1-based row: unparsable rows, non-finite coordinates, classes
+    not in ``classes``, points outside ``size = (width, height)``, prob outside [0, 1].
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
-    rows: list[tuple[float, float, int]] = []
+    rows: list[tuple[float, float, int, float]] = []
     with open(path, newline="", encoding="utf-8") as fh:
         for lineno, row in enumerate(csv.reader(fh), start=1):
             if not row or all(not c.strip() for c in row):
                 continue
             if lineno == 1 and row[0].strip().lower() in ("x", "x_coord"):
                 continue
-            if len(row) < 3:
-                raise InputError(path, f"expected 3 columns x,y,class, got {len(row)}: {row!r}", row=lineno)
+            if len(row) not in (3, 4):
+                raise InputError(path, f"expected columns x,y,class[,prob], got {len(row)}: {row!r}", row=lineno)
             try:
                 x, y = float(row[0]), float(row[1])
                 c = int(row[2])
+                p = float(row[3]) if len(row) == 4 else 1.0
             except ValueError:
-                raise InputError(path, f"cannot parse x,y,class from {row!r}", row=lineno) from None
+                raise InputError(path, f"cannot parse x,y,class[,prob] from {row!r}", row=lineno) from None
             if not (np.isfinite(x) and np.isfinite(y)):
                 raise InputError(path, f"non-finite coordinate in {row!r}", row=lineno)
             if classes is not None and c not in classes.ids:
                 raise InputError(path, f"class {c} is not in the class set {list(classes.ids)}", row=lineno)
-            if size is not None and not (0 <= x < size[0] and 0 <= y < size[1]):
+            if size is not None and not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
                 raise InputError(path, f"point ({x:g}, {y:g}) lies outside the {size[0]}x{size[1]} image", row=lineno)
-            rows.append((x, y, c))
-    return Points.from_array(np.array(rows, dtype=np.float64).reshape(-1, 3))
+            if not (0.0 <= p <= 1.0):
+                raise InputError(path, f"probability {p!r} is outside [0, 1]", row=lineno)
+            rows.append((x, y, c, p))
+    a = np.array(rows, dtype=np.float64).reshape(-1, 4)
+    return Points(a[:, :2], a[:, 2].astype(np.int64), a[:, 3])
 
 
 def write_points_csv(path: str | Path, points: Points, with_prob: bool = False) -> None:

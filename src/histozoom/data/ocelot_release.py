@@ -80,7 +80,7 @@ def _mpp(entry: Mapping, view: str, path: Path, sample_id: str) -> tuple[float, 
 def placement_from_entry(entry: Mapping, cell_size, tissue_size, path: Path, sample_id: str) -> Placement:
     """Validated placement of one metadata entry; the window must lie in the tissue image."""
     try:
-        ox, oy = float(entry["patch_x_offset"]), float(entry["patch_y_offset"])
+        float(entry["patch_x_offset"]), float(entry["patch_y_offset"])
     except (KeyError, TypeError, ValueError):
         raise InputError(path, f"sample {sample_id}: missing or invalid patch_x_offset/patch_y_offset") from None
     _mpp(entry, "cell", path, sample_id)
