@@ -1,0 +1,871 @@
+"""Synthetic paired cell/tissue data in the OCELOT release layout (``histozoom synth``).
+
+Each sample is a :class:`~histozoom.pair.Pair` rendered from one underlying scene, so the
+two views agree geometrically: the tissue image's cell window *is* the cell image shrunk
+by ``tissue_mpp / cell_mpp`` (4 by default, block mean), and the tissue image around it
+is rendered from the same fields, nuclei and classes at the tissue resolution.
+
+Scales. Cell-scale structures (nuclei, stroma fibres, mid-scale blotches, the minimum
+distance between cells, cell density) are given in microns and converted with the mpp,
+so a 256 px cell image is a smaller field of view than a 1024 px one at the same
+0.2 µm/px. Tissue-scale structures (cancer-area blobs, glands, the unknown band) are given
+in units of the cell window's side ``W`` (tissue pixels), so the cell/tissue geometry is
+the same at every image size. With ``cell_mpp=0.8, tissue_mpp=3.2`` a 256 px dataset
+covers OCELOT's field of view instead.
+
+Presets
+-------
+``context`` (default): tissue context decides most cell classes.
+
+* Tissue: cancer area (CA, label 2) is thresholded low-frequency noise covering on
+  average 40 % of the tissue (per-sample 15-70 %); everything else is background tissue
+  (BG, label 1); a thin band along the CA/BG boundary and a few small patches are
+  unknown (255), about 3-5 % of the pixels. CA is visible at the tissue scale through
+  *glands*: pale lumina ringed by dark epithelium, on a jittered grid inside CA. Glands are
+  never placed over (or next to) the cell window, so within the window CA and BG look
+  the same; the region of the window must be read from its surroundings.
+* Window: in 85 % of the samples it lies wholly inside one region (CA with probability
+  0.4), in 15 % it straddles a CA/BG boundary (25-75 % CA).
+* Cells: one set of nuclei for both views, same density in CA and BG (~7000 /mm²,
+  ~300 per 1024² cell image, ≥ 2 µm apart). A cell's class depends on its region so that
+  ~90 % of tumour cells (TC, 2) lie in CA and ~90 % of background cells (BC, 1) outside.
+  Morphology (radius, hematoxylin darkness, irregular outline) differs only slightly
+  between the classes, and every sample carries its own random offsets of these
+  features (slide-to-slide heterogeneity), so neither a single cell nor the population of
+  a cell image pins down the class.
+* Stroma: the same texture statistics everywhere (fibres, blotches, small pale spaces),
+  stain colours vary by organ and per sample.
+
+``simple``: the same tissue rendering, but windows are placed at random, cell classes are
+independent of the region (40 % TC) and clearly separable by morphology (TC large and
+pale, BC small and dark). For quick tests of detection and classification.
+
+Reference numbers (``context`` preset, 256 px cell and tissue images, seed 0,
+300 pairs, all perfect localisation, see :func:`oracle_mf1`):
+region oracle mF1 ≈ 0.89, best-threshold cell-view morphology oracle ≈ 0.66, cell-view
+with per-image pooled morphology ≈ 0.70, region + morphology ≈ 0.91. The numbers for a
+generated dataset are written to ``synthetic.json`` next to ``metadata.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from ..atomic import write_json
+from ..errors import InputError
+from ..geometry import Placement
+from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, UNKNOWN, Pair, Points
+from .base import DatasetSpec
+from .ocelot_release import SPLITS, OcelotReleaseWriter, ocelot_entry
+
+OCELOT_ORGANS = ("kidney", "head-and-neck", "prostate", "stomach", "endometrium", "bladder")
+PRESETS = ("context", "simple")
+BC, TC = 1, 2
+BG, CA = 1, 2
+SYNTHETIC_JSON = "synthetic.json"
+"""Written next to ``metadata.json``: the config and the statistics of the dataset."""
+MORPHOLOGY_FEATURES = ("radius_um", "darkness", "elongation", "irregularity")
+
+
+# ---------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class Feature:
+    """One nucleus feature: class means, within-class sd and the sd of a per-sample offset."""
+
+    bc: float
+    tc: float
+    sd: float
+    pair_sd: float = 0.0
+
+
+@dataclass(frozen=True)
+class CellMorphology:
+    """Nucleus appearance per class.
+
+    ``radius_um``: equivalent radius in µm; ``darkness``: hematoxylin density at the
+    centre (1 ≈ a dark lymphocyte); ``elongation``: axis ratio minus 1;
+    ``irregularity``: amplitude of a 3-lobed outline perturbation (fraction of the radius).
+    """
+
+    radius_um: Feature
+    darkness: Feature
+    elongation: Feature
+    irregularity: Feature
+
+    def features(self) -> dict[str, Feature]:
+        return {k: getattr(self, k) for k in MORPHOLOGY_FEATURES}
+
+
+CONTEXT_MORPHOLOGY = CellMorphology(
+    radius_um=Feature(bc=1.40, tc=1.52, sd=0.16, pair_sd=0.20),
+    darkness=Feature(bc=1.00, tc=0.94, sd=0.09, pair_sd=0.12),
+    elongation=Feature(bc=0.25, tc=0.25, sd=0.12, pair_sd=0.05),
+    irregularity=Feature(bc=0.040, tc=0.055, sd=0.025, pair_sd=0.03),
+)
+SIMPLE_MORPHOLOGY = CellMorphology(
+    radius_um=Feature(bc=1.15, tc=1.85, sd=0.10),
+    darkness=Feature(bc=1.10, tc=0.70, sd=0.07),
+    elongation=Feature(bc=0.20, tc=0.20, sd=0.10),
+    irregularity=Feature(bc=0.02, tc=0.10, sd=0.02),
+)
+
+
+@dataclass
+class SynthConfig:
+    """Everything that defines a synthetic dataset; with ``seed`` it is reproducible.
+
+    ``tc_in_ca``/``bc_outside_ca``: target fractions of TC lying in CA and of BC lying
+    outside CA (``context`` preset; the per-region class probabilities are solved from
+    them). ``ca_fraction``: mean share of tissue pixels that are CA.
+    ``ca_window_fraction``: share of single-region windows placed in CA.
+    ``straddle_fraction``: share of windows placed across a CA/BG boundary.
+    ``region_scale``: smoothing of the CA noise field in window sides (larger = larger blobs).
+    ``morphology``: ``None`` takes the preset's.
+    """
+
+    preset: str = "context"
+    n_train: int = 40
+    n_val: int = 10
+    n_test: int = 10
+    cell_size: int = 1024
+    tissue_size: int = 1024
+    cell_mpp: float = 0.2
+    tissue_mpp: float = 0.8
+    seed: int = 0
+    organs: tuple[str, ...] = OCELOT_ORGANS
+    cells_per_mm2: float = 7000.0
+    min_cell_distance_um: float = 2.0
+    ca_fraction: float = 0.4
+    tc_in_ca: float = 0.9
+    bc_outside_ca: float = 0.9
+    ca_window_fraction: float = 0.4
+    straddle_fraction: float = 0.15
+    region_scale: float = 0.6
+    simple_tc_fraction: float = 0.4
+    morphology: CellMorphology | None = None
+
+    def __post_init__(self):
+        self.organs = tuple(self.organs)
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        for name in ("n_train", "n_val", "n_test"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if not self.organs:
+            raise ValueError("organs must not be empty")
+        if self.cell_size < 16 or self.tissue_size < 16:
+            raise ValueError("cell_size and tissue_size must be at least 16 px")
+        if not (self.cell_mpp > 0 and self.tissue_mpp > 0):
+            raise ValueError("cell_mpp and tissue_mpp must be positive")
+        f = self.tissue_mpp / self.cell_mpp
+        if round(f) < 1 or abs(f - round(f)) > 1e-6:
+            raise ValueError(f"tissue_mpp / cell_mpp must be a whole number >= 1, got {f:g}")
+        if self.cell_size % round(f):
+            raise ValueError(f"cell_size ({self.cell_size}) must be a multiple of tissue_mpp / cell_mpp ({round(f)})")
+        if self.window_size > self.tissue_size:
+            raise ValueError(
+                f"the cell window ({self.window_size} tissue px) does not fit in the {self.tissue_size} px tissue image")
+        for name in ("ca_fraction", "tc_in_ca", "bc_outside_ca", "ca_window_fraction", "straddle_fraction",
+                     "simple_tc_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1]")
+
+    @property
+    def factor(self) -> int:
+        """Cell pixels per tissue pixel (an integer)."""
+        return int(round(self.tissue_mpp / self.cell_mpp))
+
+    @property
+    def window_size(self) -> int:
+        """Side of the cell window in tissue pixels."""
+        return self.cell_size // self.factor
+
+    @property
+    def cell_morphology(self) -> CellMorphology:
+        if self.morphology is not None:
+            return self.morphology
+        return CONTEXT_MORPHOLOGY if self.preset == "context" else SIMPLE_MORPHOLOGY
+
+    def class_probabilities(self) -> tuple[float, float]:
+        """``(P(TC | CA), P(TC | BG))`` used to draw cell classes."""
+        if self.preset == "simple":
+            return self.simple_tc_fraction, self.simple_tc_fraction
+        # Expected share of cells in CA windows (straddling windows are about half CA).
+        q = (1 - self.straddle_fraction) * self.ca_window_fraction + self.straddle_fraction * 0.5
+        return _solve_class_probabilities(self.tc_in_ca, self.bc_outside_ca, q)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["organs"] = list(self.organs)
+        d["morphology"] = dataclasses.asdict(self.cell_morphology)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "SynthConfig":
+        d = dict(d)
+        m = d.pop("morphology", None)
+        if m is not None:
+            d["morphology"] = CellMorphology(**{k: Feature(**v) for k, v in m.items()})
+        return cls(**d)
+
+
+def _solve_class_probabilities(tc_in_ca: float, bc_out: float, q: float) -> tuple[float, float]:
+    """P(TC|CA), P(TC|BG) such that the given fractions of TC lie in CA and of BC outside,
+    when a share ``q`` of the cells lies in CA (clipped to valid probabilities)."""
+    eps = 1e-6
+    k1 = min(tc_in_ca, 1 - eps) / max(1 - tc_in_ca, eps)
+    k2 = min(bc_out, 1 - eps) / max(1 - bc_out, eps)
+    q = min(max(q, eps), 1 - eps)
+    # unknowns: D = BC in CA, B = TC outside (shares of all cells); A = k1 B, C = k2 D
+    denom = 1 - k1 * k2
+    d = (q - k1 * (1 - q)) / denom if abs(denom) > eps else q / 2
+    d = min(max(d, 0.0), q)
+    b = min(max(1 - q - k2 * d, 0.0), 1 - q)
+    return 1 - d / q, b / (1 - q)
+
+
+# ---------------------------------------------------------------------- noise fields
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Gaussian-filtered white noise, zero mean and unit sd (float32).
+
+    Large ``sigma`` is filtered on a coarse grid and upsampled bilinearly; the grid is
+    padded so the field is not periodic.
+    """
+    h, w = shape
+    d = max(1, int(sigma // 3))
+    s = sigma / d
+    pad = int(math.ceil(3 * s)) + 2
+    ch, cw = -(-h // d) + 2 * pad + 1, -(-w // d) + 2 * pad + 1
+    g = ndimage.gaussian_filter(rng.standard_normal((ch, cw)).astype(np.float32), s, mode="nearest", truncate=3.0)
+    if d > 1:
+        # bilinear upsampling by d (coarse pixel j covers fine pixels [j d, (j + 1) d))
+        g = _upsample(g, (h, w), (pad, pad), d)
+    else:
+        g = g[pad:pad + h, pad:pad + w]
+    g = g - g.mean()
+    return g / (g.std() + 1e-12)
+
+
+def _fibre_noise(rng: np.random.Generator, n: int, sigma_long: float, sigma_short: float, angles) -> np.ndarray:
+    """Oriented (fibre-like) noise: white noise filtered by anisotropic Gaussians along ``angles``."""
+    z = rng.standard_normal((n, n)).astype(np.float32)
+    spec = np.fft.rfft2(z)
+    ky = np.fft.fftfreq(n).astype(np.float32)[:, None]
+    kx = np.fft.rfftfreq(n).astype(np.float32)[None, :]
+    acc = np.zeros(spec.shape, np.float32)
+    for a in angles:
+        c, s = math.cos(a), math.sin(a)
+        u = kx * c + ky * s
+        v = -kx * s + ky * c
+        acc += np.exp(-2 * math.pi ** 2 * (sigma_long ** 2 * u * u + sigma_short ** 2 * v * v))
+    out = np.fft.irfft2(spec * acc, s=(n, n)).astype(np.float32)
+    out -= out.mean()
+    return out / (out.std() + 1e-12)
+
+
+# ---------------------------------------------------------------------- stamping
+def _stamp(
+    canvas: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    theta: np.ndarray,
+    irr: np.ndarray,
+    phase: np.ndarray,
+    value: np.ndarray,
+    rng: np.random.Generator | None = None,
+    texture: float = 0.0,
+    inner: np.ndarray | None = None,
+    membrane: float = 0.0,
+) -> None:
+    """Draw soft-edged (irregular) ellipses into ``canvas`` in place, keeping the maximum.
+
+    Centres ``cx, cy`` are pixel positions (pixel centres at integers); ``a, b`` semi-axes
+    in pixels; ``irr`` the amplitude of a 3-lobed outline perturbation; ``value`` the peak
+    value; ``texture`` multiplicative per-pixel noise (chromatin). ``inner`` (pixels, same
+    shape as ``a``) makes rings: the disk minus an inner disk of that radius. ``membrane``
+    darkens the outline relative to the centre (vesicular chromatin).
+    """
+    n = len(cx)
+    if n == 0:
+        return
+    h, w = canvas.shape
+    k = int(math.ceil(float(np.max(np.maximum(a, b) * (1 + irr))) + 1.5))
+    off = np.arange(-k, k + 1, dtype=np.float32)
+    ix = np.rint(cx).astype(np.int64)
+    iy = np.rint(cy).astype(np.int64)
+    dx = (ix - cx).astype(np.float32)[:, None, None] + off[None, None, :]
+    dy = (iy - cy).astype(np.float32)[:, None, None] + off[None, :, None]
+    c = np.cos(theta).astype(np.float32)[:, None, None]
+    s = np.sin(theta).astype(np.float32)[:, None, None]
+    u = dx * c + dy * s
+    v = -dx * s + dy * c
+    a3 = a.astype(np.float32)[:, None, None]
+    b3 = b.astype(np.float32)[:, None, None]
+    rho = np.sqrt((u / a3) ** 2 + (v / b3) ** 2)
+    edge = 1.0 + irr.astype(np.float32)[:, None, None] * np.cos(3 * np.arctan2(v, u) + phase.astype(np.float32)[:, None, None])
+    scale = np.sqrt(a3 * b3)
+    cov = np.clip((edge - rho) * scale + 0.5, 0.0, 1.0)
+    if inner is not None:
+        r_px = np.sqrt(u * u + v * v)
+        cov = cov * np.clip(r_px - inner.astype(np.float32)[:, None, None] + 0.5, 0.0, 1.0)
+    val = cov * value.astype(np.float32)[:, None, None]
+    if membrane:
+        val *= (1 - membrane) + 1.5 * membrane * np.minimum(rho, 1.0) ** 2
+    if texture and rng is not None:
+        val *= 1.0 + texture * rng.standard_normal(val.shape).astype(np.float32)
+    px = ix[:, None, None] + off.astype(np.int64)[None, None, :]
+    py = iy[:, None, None] + off.astype(np.int64)[None, :, None]
+    px, py = np.broadcast_to(px, val.shape), np.broadcast_to(py, val.shape)
+    ok = (cov > 0) & (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    np.maximum.at(canvas.reshape(-1), (py[ok] * w + px[ok]), val[ok])
+
+
+def _thin(xy: np.ndarray, dmin: float) -> np.ndarray:
+    """Boolean mask keeping points so that no two kept points are closer than ``dmin``."""
+    keep = np.ones(len(xy), bool)
+    if len(xy) < 2 or dmin <= 0:
+        return keep
+    pairs = cKDTree(xy).query_pairs(dmin * (1 - 1e-9), output_type="ndarray")
+    if len(pairs):
+        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+        for i, j in pairs:
+            if keep[i] and keep[j]:
+                keep[j] = False
+    return keep
+
+
+# ---------------------------------------------------------------------- scene pieces
+_H_VEC = np.array([0.95, 1.05, 0.42], np.float32)  # optical density of hematoxylin (darkness 1)
+_E_VEC = np.array([0.09, 0.46, 0.25], np.float32)  # optical density of eosin stroma (density 1)
+
+
+def _stain(rng: np.random.Generator, organ: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-sample stain vectors (organ-specific tint plus random jitter) and H background."""
+    org = np.random.default_rng(zlib.crc32(organ.encode("utf-8")))
+    h = _H_VEC * (1 + org.normal(0, 0.06, 3)) * (1 + rng.normal(0, 0.05, 3))
+    e = _E_VEC * (1 + org.normal(0, 0.10, 3)) * (1 + rng.normal(0, 0.08, 3)) * (1 + rng.normal(0, 0.1))
+    return h.astype(np.float32), e.astype(np.float32), float(0.06 * (1 + rng.normal(0, 0.2)))
+
+
+def _window_kind(rng: np.random.Generator, cfg: SynthConfig) -> str:
+    """Where the window should go: ``random`` (simple preset), ``straddle``, ``CA`` or ``BG``."""
+    if cfg.preset == "simple":
+        return "random"
+    if rng.random() < cfg.straddle_fraction:
+        return "straddle"
+    return "CA" if rng.random() < cfg.ca_window_fraction else "BG"
+
+
+_REGION_ATTEMPTS = 4  # fresh region fields tried before the window criteria are relaxed
+_STRICT = (0.001, 0.75)  # window purity tolerance, share of the surroundings in the same region
+_RELAXED = ((0.05, 0.65), (0.1, 0.5), (0.1, 0.0))
+
+
+def _place_window(rng: np.random.Generator, ca: np.ndarray, w: int, kind: str,
+                  strict: bool) -> tuple[int, int, str] | None:
+    """Top-left ``(x0, y0)`` of the window in tissue pixels and the kind it got.
+
+    ``CA``/``BG`` windows lie wholly in that region and the surroundings (half a window on
+    each side, clipped to the image) mostly share it, so the tissue view shows the region
+    around the window; ``straddle`` windows are 25-75 % CA. ``strict`` returns ``None``
+    when no position qualifies; otherwise the criteria are relaxed step by step, then the
+    other region is tried, then the purest position is taken.
+    """
+    t_h, t_w = ca.shape
+    ny, nx = t_h - w + 1, t_w - w + 1
+    if kind == "random":
+        return int(rng.integers(nx)), int(rng.integers(ny)), "random"
+    frac = _box_fraction(ca, w, 0)
+
+    def pick(cand: np.ndarray) -> tuple[int, int] | None:
+        idx = np.flatnonzero(cand)
+        if len(idx) == 0:
+            return None
+        k = int(idx[rng.integers(len(idx))])
+        return k % nx, k // nx
+
+    if kind == "straddle":
+        got = pick((frac >= 0.25) & (frac <= 0.75))
+        if got is not None:
+            return got[0], got[1], "straddle"
+        if strict:
+            return None
+        kind = "CA" if rng.random() < 0.5 else "BG"
+    around = _box_fraction(ca, w, int(round(0.5 * w)))
+    levels = [_STRICT] if strict else [_STRICT, *_RELAXED]
+    targets = [kind == "CA"] if strict else [kind == "CA", kind != "CA"]
+    for target in targets:
+        purity, purity_around = (frac, around) if target else (1 - frac, 1 - around)
+        for tol, need in levels:
+            got = pick((purity >= 1 - tol) & (purity_around >= need))
+            if got is not None:
+                return got[0], got[1], "CA" if target else "BG"
+    if strict:
+        return None
+    k = int(np.argmax(np.abs(frac - 0.5)))
+    return k % nx, k // nx, "CA" if frac.flat[k] >= 0.5 else "BG"
+
+
+def _box_fraction(ca: np.ndarray, w: int, m: int) -> np.ndarray:
+    """CA share of the box ``[x0 - m, x0 + w + m)`` (clipped to the image) for every
+    window position ``x0, y0`` (array indexed ``[y0, x0]``)."""
+    t_h, t_w = ca.shape
+    s = np.zeros((t_h + 1, t_w + 1), np.int64)
+    s[1:, 1:] = ca.astype(np.int32).cumsum(0).cumsum(1)
+    y = np.arange(t_h - w + 1)
+    x = np.arange(t_w - w + 1)
+    ya, yb = np.clip(y - m, 0, t_h), np.clip(y + w + m, 0, t_h)
+    xa, xb = np.clip(x - m, 0, t_w), np.clip(x + w + m, 0, t_w)
+    total = s[yb][:, xb] - s[ya][:, xb] - s[yb][:, xa] + s[ya][:, xa]
+    return total / ((yb - ya)[:, None] * (xb - xa)[None, :]).astype(np.float64)
+
+
+def _tissue_mask(rng: np.random.Generator, ca: np.ndarray, w: int) -> np.ndarray:
+    """Labels BG/CA with an unknown band along the boundary and a few unknown patches."""
+    band = max(1, int(round(0.02 * w)))
+    m = ndimage.uniform_filter(ca.astype(np.float32), size=2 * band + 1, mode="nearest")
+    near = (m > 1e-3) & (m < 1 - 1e-3)
+    blobs = _smooth_noise(rng, ca.shape, max(1.0, 0.08 * w))
+    patches = blobs > np.quantile(blobs, 1 - rng.uniform(0.005, 0.025))
+    mask = np.where(ca, CA, BG).astype(np.uint8)
+    mask[near | patches] = UNKNOWN
+    return mask
+
+
+def _glands(rng: np.random.Generator, ca: np.ndarray, w: int, window: tuple[int, int, int, int]):
+    """Gland centres and radii (tissue px) on a jittered grid inside CA, away from the window."""
+    t_h, t_w = ca.shape
+    spacing = 0.36 * w
+    rim = max(1.0, 0.04 * w)
+    gx, gy = np.meshgrid(np.arange(-0.5, t_w / spacing + 1) * spacing, np.arange(-0.5, t_h / spacing + 1) * spacing)
+    gx = gx.ravel() + rng.uniform(0, spacing)
+    gy = gy.ravel() + rng.uniform(0, spacing)
+    n = len(gx)
+    r = rng.uniform(0.07, 0.12, n) * w
+    slack = np.maximum(spacing / 2 - r - rim - 1, 0)
+    gx = gx + rng.uniform(-1, 1, n) * slack
+    gy = gy + rng.uniform(-1, 1, n) * slack
+    outer = r + rim
+    # The lumen must lie in CA: test the centre and 16 points on the lumen's outline.
+    ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    px = np.concatenate([gx[:, None], gx[:, None] + r[:, None] * np.cos(ang)], 1)
+    py = np.concatenate([gy[:, None], gy[:, None] + r[:, None] * np.sin(ang)], 1)
+    inside_img = (px >= 0) & (px <= t_w - 1) & (py >= 0) & (py <= t_h - 1)
+    lab = ca[np.clip(np.rint(py), 0, t_h - 1).astype(int), np.clip(np.rint(px), 0, t_w - 1).astype(int)]
+    in_ca = np.all(lab | ~inside_img, axis=1) & lab[:, 0] & inside_img[:, 0]
+    x0, y0, x1, y1 = window
+    ddx = np.maximum(np.maximum(x0 - gx, gx - x1), 0)
+    ddy = np.maximum(np.maximum(y0 - gy, gy - y1), 0)
+    away = np.hypot(ddx, ddy) > outer + 2
+    keep = in_ca & away & (rng.random(n) < 0.9)
+    return gx[keep], gy[keep], r[keep], np.full(keep.sum(), rim)
+
+
+def _sample_morphology(rng: np.random.Generator, morph: CellMorphology, cls: np.ndarray, offsets: dict) -> dict:
+    out = {}
+    lims = {"radius_um": (0.6, 3.0), "darkness": (0.3, 1.8), "elongation": (0.0, 1.0), "irregularity": (0.0, 0.3)}
+    for name, f in morph.features().items():
+        mean = np.where(cls == TC, f.tc, f.bc) + offsets[name]
+        out[name] = np.clip(mean + f.sd * rng.standard_normal(len(cls)), *lims[name])
+    return out
+
+
+def _stamp_nuclei(rng, canvas, xy, morph: dict, sel: np.ndarray, um_per_px: float, texture: float,
+                  theta: np.ndarray, phase: np.ndarray, dark_scale: float = 1.0) -> None:
+    r = morph["radius_um"][sel] / um_per_px
+    e = morph["elongation"][sel]
+    _stamp(canvas, xy[sel, 0], xy[sel, 1], r * np.sqrt(1 + e), r / np.sqrt(1 + e), theta[sel],
+           morph["irregularity"][sel], phase[sel], morph["darkness"][sel] * dark_scale, rng, texture,
+           membrane=0.3 if texture else 0.0)
+
+
+def _interp_1d(n_out: int, start: int, n_in: int, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear weights from ``n_in`` coarse pixels to ``n_out`` fine pixels, ``f`` fine
+    pixels per coarse pixel, the fine grid starting at the left edge of coarse pixel
+    ``start``: fine pixel ``i`` sits at coarse coordinate ``start + (i + 0.5) / f - 0.5``
+    (pixel centres at integers, edges clamped; the cell-window convention of
+    :mod:`histozoom.geometry`). Returns ``(lo, hi, weight_of_hi)``."""
+    pos = start + (np.arange(n_out) + 0.5) / f - 0.5
+    lo = np.floor(pos).astype(np.int64)
+    frac = (pos - lo).astype(np.float32)
+    return np.clip(lo, 0, n_in - 1), np.clip(lo + 1, 0, n_in - 1), frac
+
+
+def _upsample(a: np.ndarray, out_shape: tuple[int, int], start: tuple[int, int], f: int) -> np.ndarray:
+    """Separable bilinear upsampling of ``a`` by ``f`` (see :func:`_interp_1d`);
+    ``start = (y, x)`` in coarse pixels. Plain indexing: no BLAS threads."""
+    lo, hi, fr = _interp_1d(out_shape[0], start[0], a.shape[0], f)
+    rows = a[lo] * (1 - fr)[:, None] + a[hi] * fr[:, None]
+    lo, hi, fr = _interp_1d(out_shape[1], start[1], a.shape[1], f)
+    return rows[:, lo] * (1 - fr)[None, :] + rows[:, hi] * fr[None, :]
+
+
+def _upsample_window(a: np.ndarray, x0: int, y0: int, c: int, f: int) -> np.ndarray:
+    """The window ``(x0, y0)``, side ``c / f``, of tissue map ``a`` resampled bilinearly to
+    ``c × c`` cell pixels (same convention as :func:`histozoom.geometry.tissue_to_cell`)."""
+    w = c // f
+    ya, yb = max(y0 - 1, 0), min(y0 + w + 1, a.shape[0])
+    xa, xb = max(x0 - 1, 0), min(x0 + w + 1, a.shape[1])
+    crop = a[ya:yb, xa:xb].astype(np.float32)
+    return _upsample(crop, (c, c), (y0 - ya, x0 - xa), f)
+
+
+def _to_rgb(h: np.ndarray, e: np.ndarray, h_vec: np.ndarray, e_vec: np.ndarray) -> np.ndarray:
+    od = h[..., None] * h_vec + e[..., None] * e_vec
+    return 255.0 * np.exp(-od)
+
+
+def _quantise(rgb: np.ndarray, rng: np.random.Generator, noise: float = 1.5) -> np.ndarray:
+    rgb = rgb + noise * rng.standard_normal(rgb.shape, dtype=np.float32)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------- one pair
+def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) -> Pair:
+    """Render one synthetic pair.
+
+    ``pair.meta`` holds ``slide_name``, ``synthetic`` (window kind and CA share) and
+    ``cell_morphology`` (per annotated cell: radius_um, darkness, elongation,
+    irregularity; used by :func:`oracle_mf1`).
+    """
+    f = cfg.factor
+    w = cfg.window_size
+    t = cfg.tissue_size
+    c = cfg.cell_size
+    morph_cfg = cfg.cell_morphology
+    organ = str(cfg.organs[int(rng.integers(len(cfg.organs)))])
+    h_vec, e_vec, h_bg = _stain(rng, organ)
+
+    # ---- regions, window, labels
+    q = float(np.clip(rng.normal(cfg.ca_fraction, 0.12), 0.15, 0.7)) if cfg.ca_fraction > 0 else 0.0
+    want = _window_kind(rng, cfg)
+    for attempt in range(_REGION_ATTEMPTS):
+        field_ = _smooth_noise(rng, (t, t), cfg.region_scale * w)
+        ca = field_ > np.quantile(field_, 1 - q) if q > 0 else np.zeros((t, t), bool)
+        got = _place_window(rng, ca, w, want, strict=attempt < _REGION_ATTEMPTS - 1)
+        if got is not None:
+            break
+    x0, y0, kind = got
+    placement = Placement.from_centre(((x0 + w / 2) / t, (y0 + w / 2) / t), (c, c), (t, t), cfg.cell_mpp, cfg.tissue_mpp)
+    mask = _tissue_mask(rng, ca, w)
+
+    # ---- stroma (eosin density) at the tissue scale
+    t_um = cfg.tissue_mpp
+    low = _smooth_noise(rng, (t, t), 0.5 * w)
+    mid = _smooth_noise(rng, (t, t), 3.0 / t_um)
+    holes = _smooth_noise(rng, (t, t), 2.0 / t_um)
+    e_t = (1 + 0.08 * low + 0.12 * mid) * (1 - 0.55 * np.clip((holes - 1.6) * 1.5, 0, 1))
+    hb_t = h_bg * (1 + 0.3 * mid)
+
+    # ---- nuclei: one physical set, positions in tissue pixels
+    area_mm2 = (t * t_um / 1000.0) ** 2
+    n = int(rng.poisson(cfg.cells_per_mm2 * area_mm2 * 1.08))
+    dmin_t = cfg.min_cell_distance_um / t_um
+    xy_t = rng.uniform(-0.5, t - 0.5, (n, 2))
+    xy_t = xy_t[_thin(xy_t, dmin_t)]
+    reg = ca[np.clip(np.rint(xy_t[:, 1]), 0, t - 1).astype(int), np.clip(np.rint(xy_t[:, 0]), 0, t - 1).astype(int)]
+    p_tc_ca, p_tc_bg = cfg.class_probabilities()
+    cls = np.where(rng.random(len(xy_t)) < np.where(reg, p_tc_ca, p_tc_bg), TC, BC)
+    offsets = {k: (rng.normal(0, ft.pair_sd) if ft.pair_sd else 0.0) for k, ft in morph_cfg.features().items()}
+    morph = _sample_morphology(rng, morph_cfg, cls, offsets)
+    theta = rng.uniform(0, np.pi, len(cls))
+    phase = rng.uniform(0, 2 * np.pi, len(cls))
+
+    # Nuclei near the window are drawn in the cell view at integer cell pixels.
+    r_max_c = 3.0 / cfg.cell_mpp
+    xy_c = np.rint(placement.tissue_to_cell_points(xy_t))
+    near_c = np.all((xy_c >= -r_max_c) & (xy_c <= c - 1 + r_max_c), axis=1)
+    idx_near = np.flatnonzero(near_c)
+    drop = ~_thin(xy_c[idx_near], cfg.min_cell_distance_um / cfg.cell_mpp)
+    alive = np.ones(len(cls), bool)
+    alive[idx_near[drop]] = False
+
+    # ---- glands (tissue scale, CA only, never at the window)
+    margin = r_max_c / f + 1
+    gx, gy, gr, grim = _glands(rng, ca, w, (x0 - margin, y0 - margin, x0 + w - 1 + margin, y0 + w - 1 + margin))
+    lumen = np.zeros((t, t), np.float32)
+    rim = np.zeros((t, t), np.float32)
+    ng = len(gx)
+    if ng:
+        gth = rng.uniform(0, np.pi, ng)
+        gph = rng.uniform(0, 2 * np.pi, ng)
+        girr = rng.uniform(0.0, 0.12, ng)
+        gel = rng.uniform(0.0, 0.35, ng)
+        ga, gb = gr * np.sqrt(1 + gel), gr / np.sqrt(1 + gel)
+        _stamp(lumen, gx, gy, ga, gb, gth, girr, gph, np.ones(ng))
+        _stamp(rim, gx, gy, ga + grim, gb + grim, gth, girr, gph, np.ones(ng))
+        rim = np.clip(rim - lumen, 0, 1)
+    in_gland = (lumen + rim)[np.clip(np.rint(xy_t[:, 1]), 0, t - 1).astype(int),
+                             np.clip(np.rint(xy_t[:, 0]), 0, t - 1).astype(int)] > 0.05
+    alive &= ~(in_gland & ~near_c)
+
+    # ---- cell view
+    fib_angles = rng.uniform(0, np.pi, 2)
+    fib = _fibre_noise(rng, c, 1.5 / cfg.cell_mpp, 0.25 / cfg.cell_mpp, fib_angles)
+    e_up = _upsample_window(e_t, x0, y0, c, f)
+    hb_up = _upsample_window(hb_t, x0, y0, c, f)
+    fine = 0.15 * fib
+    e_c = e_up * (1 + fine)
+    h_c = hb_up.copy()
+    sel_c = near_c & alive
+    _stamp_nuclei(rng, h_c, xy_c, morph, sel_c, cfg.cell_mpp, 0.15, theta, phase)
+    cell_rgb = _to_rgb(h_c, e_c, h_vec, e_vec)
+
+    # ---- tissue view
+    block = fine.reshape(w, f, w, f).mean(axis=(1, 3))
+    res = _smooth_noise(rng, (t, t), 0.6) * float(block.std())
+    e_full = e_t * (1 + res) * (1 - 0.85 * lumen) + 0.35 * rim
+    h_t = hb_t * (1 - lumen) + rim * 0.8 * (0.75 + 0.25 * np.clip(mid, -1, 1))
+    sel_t = alive  # the window interior is then replaced by the shrunk cell view
+    _stamp_nuclei(rng, h_t, xy_t, morph, sel_t, t_um, 0.0, theta, phase)
+    tissue_rgb = _to_rgb(h_t, e_full, h_vec, e_vec)
+    tissue_rgb[y0:y0 + w, x0:x0 + w] = cell_rgb.reshape(w, f, w, f, 3).mean(axis=(1, 3))
+
+    cell_img = _quantise(cell_rgb, rng)
+    tissue_img = _quantise(tissue_rgb, rng)
+
+    # ---- annotations: cells with centres inside the cell image
+    ann = alive & np.all((xy_c >= 0) & (xy_c <= c - 1), axis=1)
+    order = np.flatnonzero(ann)
+    order = order[np.lexsort((xy_c[order, 0], xy_c[order, 1]))]
+    points = Points(xy_c[order], cls[order], np.ones(len(order)))
+    window_ca = float(ca[y0:y0 + w, x0:x0 + w].mean())
+    return Pair(
+        id=sample_id,
+        cell_image=cell_img,
+        tissue_image=tissue_img,
+        placement=placement,
+        cell_points=points,
+        tissue_mask=mask,
+        organ=organ,
+        cell_mpp=cfg.cell_mpp,
+        tissue_mpp=cfg.tissue_mpp,
+        meta={
+            "slide_name": f"synth-{organ}-{sample_id}",
+            "synthetic": {"preset": cfg.preset, "window_kind": kind, "window_ca_fraction": window_ca,
+                          "ca_fraction": float(ca.mean()), "n_glands": int(ng)},
+            "cell_morphology": {k: v[order].copy() for k, v in morph.items()},
+        },
+    )
+
+
+# ---------------------------------------------------------------------- datasets
+def split_seed(seed: int, split: str, k: int) -> np.random.Generator:
+    """The generator of the ``k``-th pair of ``split`` (independent of the other splits' sizes)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS.index(split), int(k)]))
+
+
+def iter_synthetic_pairs(cfg: SynthConfig) -> Iterable[tuple[str, Pair]]:
+    """``(split, pair)`` for every pair of the dataset, ids numbered across splits."""
+    counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+    width = max(3, len(str(sum(counts.values()))))
+    i = 0
+    for split in SPLITS:
+        for k in range(counts[split]):
+            i += 1
+            yield split, generate_pair(cfg, split_seed(cfg.seed, split, k), f"{i:0{width}d}")
+
+
+def synthetic_spec(cfg: SynthConfig) -> DatasetSpec:
+    return DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, cfg.cell_mpp, cfg.tissue_mpp,
+                       name=f"synthetic-{cfg.preset}")
+
+
+def write_synthetic_dataset(out_dir: str | Path, cfg: SynthConfig, overwrite: bool = False) -> Path:
+    """Write the dataset of ``cfg`` in the OCELOT release layout and return its root.
+
+    Besides the release files, ``synthetic.json`` holds the config and the statistics of
+    :func:`dataset_stats` and :func:`oracle_mf1` per split and overall. An existing
+    non-empty ``out_dir`` is an error unless ``overwrite`` (then only the release files
+    and ``synthetic.json`` are replaced).
+    """
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise InputError(root, "exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise InputError(root, "directory exists and is not empty (use overwrite / --overwrite)")
+        for sub in ("images", "annotations"):
+            if (root / sub).is_dir():
+                shutil.rmtree(root / sub)
+        for name in ("metadata.json", SYNTHETIC_JSON):
+            (root / name).unlink(missing_ok=True)
+    spec = synthetic_spec(cfg)
+    summaries: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    with OcelotReleaseWriter(root, spec, dataset_name=spec.name) as writer:
+        for split, pair in iter_synthetic_pairs(cfg):
+            entry = ocelot_entry(pair, split)
+            entry["synthetic"] = pair.meta["synthetic"]
+            writer.add(pair, split, entry=entry)
+            summaries[split].append(_summary(pair))
+    report: dict = {"config": cfg.to_dict(), "splits": {}}
+    everything = [s for v in summaries.values() for s in v]
+    for split, items in list(summaries.items()) + [("all", everything)]:
+        if items:
+            report["splits"][split] = {"stats": _stats(items), "oracle_mf1": _oracles(items)}
+    write_json(root / SYNTHETIC_JSON, report)
+    return root
+
+
+# ---------------------------------------------------------------------- statistics and oracles
+def _summary(pair: Pair) -> dict:
+    """What the statistics need from a pair: cell classes, the tissue label under each
+    cell, morphology, the window's labels and pixel counts."""
+    if pair.cell_points is None or pair.tissue_mask is None:
+        raise ValueError(f"pair {pair.id}: statistics need cell points and a tissue mask")
+    mask = pair.tissue_mask
+    th, tw = mask.shape
+    txy = pair.placement.cell_to_tissue_points(pair.cell_points.xy)
+    lab = mask[np.clip(np.rint(txy[:, 1]), 0, th - 1).astype(int), np.clip(np.rint(txy[:, 0]), 0, tw - 1).astype(int)]
+    x0, y0, x1, y1 = pair.placement.window_int()
+    win = mask[max(y0, 0):y1, max(x0, 0):x1]
+    morph = pair.meta.get("cell_morphology")
+    feats = None
+    if morph is not None:
+        feats = np.column_stack([np.asarray(morph[k], np.float64) for k in MORPHOLOGY_FEATURES])
+    return {
+        "cls": pair.cell_points.cls.copy(),
+        "region": lab,
+        "feats": feats,
+        "counts": np.bincount(mask.ravel(), minlength=256)[[BG, CA, UNKNOWN]],
+        "window": np.bincount(win.ravel(), minlength=256)[[BG, CA, UNKNOWN]],
+    }
+
+
+def _stats(items: Sequence[dict]) -> dict:
+    cls = np.concatenate([s["cls"] for s in items]) if items else np.zeros(0, int)
+    reg = np.concatenate([s["region"] for s in items]) if items else np.zeros(0, np.uint8)
+    counts = np.sum([s["counts"] for s in items], axis=0)
+    known = reg != UNKNOWN
+    tc, bc = (cls == TC) & known, (cls == BC) & known
+    pure = []
+    for s in items:
+        bg, ca_, _ = s["window"]
+        pure.append(max(bg, ca_) / max(s["window"].sum(), 1))
+    return {
+        "n_pairs": len(items),
+        "n_cells": int(len(cls)),
+        "cells_per_image": float(len(cls) / max(len(items), 1)),
+        "tc_fraction": float(np.mean(cls == TC)) if len(cls) else float("nan"),
+        "tc_in_ca": float(np.mean(reg[tc] == CA)) if tc.any() else float("nan"),
+        "bc_outside_ca": float(np.mean(reg[bc] == BG)) if bc.any() else float("nan"),
+        "ca_pixel_fraction": float(counts[1] / counts.sum()),
+        "unknown_pixel_fraction": float(counts[2] / counts.sum()),
+        "windows_90pct_one_region": float(np.mean(np.array(pure) >= 0.9)) if pure else float("nan"),
+    }
+
+
+def dataset_stats(pairs: Iterable[Pair]) -> dict:
+    """Class–region statistics of pairs with points and tissue masks.
+
+    ``tc_in_ca``: share of TC whose tissue label is CA (cells on unknown pixels left
+    out); ``bc_outside_ca``: share of BC on BG; ``ca_pixel_fraction`` and
+    ``unknown_pixel_fraction`` of all tissue pixels; ``windows_90pct_one_region``: share
+    of cell windows whose tissue labels are ≥ 90 % one class.
+    """
+    return _stats([_summary(p) for p in pairs])
+
+
+def _mf1_counts(y: np.ndarray, pred: np.ndarray) -> dict:
+    out = {}
+    for name, k in (("BC", BC), ("TC", TC)):
+        tp = int(np.sum((pred == k) & (y == k)))
+        fp = int(np.sum((pred == k) & (y != k)))
+        fn = int(np.sum((pred != k) & (y == k)))
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        out[name] = {"precision": p, "recall": r, "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0}
+    out["mf1"] = (out["BC"]["f1"] + out["TC"]["f1"]) / 2
+    return out
+
+
+def _best_threshold(y: np.ndarray, score: np.ndarray) -> dict:
+    """Labels TC where ``score > t`` for the ``t`` that maximises mF1 (an oracle)."""
+    n = len(y)
+    order = np.argsort(-score, kind="stable")
+    is_tc = (y[order] == TC).astype(np.int64)
+    n_tc = int(is_tc.sum())
+    n_bc = n - n_tc
+    k = np.arange(n + 1)
+    tp_tc = np.concatenate([[0], np.cumsum(is_tc)])
+    fp_tc = k - tp_tc
+    fn_tc = n_tc - tp_tc
+    tp_bc = n_bc - fp_tc
+    f1_tc = np.where(n_tc + k > 0, 2 * tp_tc / np.maximum(n_tc + k, 1), 0.0)
+    f1_bc = np.where(n_bc + (n - k) > 0, 2 * tp_bc / np.maximum(n_bc + n - k, 1), 0.0)
+    best = int(np.argmax(f1_tc + f1_bc))
+    pred = np.full(n, BC)
+    pred[order[:best]] = TC
+    return _mf1_counts(y, pred)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 30) -> np.ndarray:
+    """In-sample logistic-regression scores (IRLS with a small ridge)."""
+    mu, sd = x.mean(0), x.std(0) + 1e-12
+    z = np.column_stack([np.ones(len(x)), (x - mu) / sd])
+    t = (y == TC).astype(np.float64)
+    beta = np.zeros(z.shape[1])
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(z @ beta, -30, 30)))
+        g = z.T @ (p - t) + l2 * beta
+        hess = z.T @ (z * (p * (1 - p))[:, None]) + l2 * np.eye(len(beta))
+        step = np.linalg.solve(hess, g)
+        beta -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return z @ beta
+
+
+def _oracles(items: Sequence[dict]) -> dict:
+    y = np.concatenate([s["cls"] for s in items])
+    reg = np.concatenate([s["region"] for s in items])
+    out: dict = {"n_cells": int(len(y))}
+    if len(y) == 0:
+        return out
+    out["region"] = _mf1_counts(y, np.where(reg == CA, TC, BC))
+    if any(s["feats"] is None for s in items) or len(np.unique(y)) < 2:
+        return out
+    x = np.concatenate([s["feats"] for s in items])
+    # Fisher discriminant of the morphology features (within-class covariance).
+    m_tc, m_bc = x[y == TC].mean(0), x[y == BC].mean(0)
+    cov = np.cov(np.concatenate([x[y == TC] - m_tc, x[y == BC] - m_bc]).T) + 1e-9 * np.eye(x.shape[1])
+    out["cell_view"] = _best_threshold(y, x @ np.linalg.solve(cov, m_tc - m_bc))
+    pooled = np.concatenate([np.repeat(s["feats"].mean(0, keepdims=True), len(s["feats"]), 0) for s in items])
+    out["cell_view_pooled"] = _best_threshold(y, _logistic(np.column_stack([x, pooled]), y))
+    ca_ind = (reg == CA).astype(np.float64)[:, None]
+    out["region_and_cell_view"] = _best_threshold(y, _logistic(np.column_stack([ca_ind, x, pooled]), y))
+    return out
+
+
+def oracle_mf1(pairs: Iterable[Pair]) -> dict:
+    """mF1 of oracles with perfect localisation (every cell found exactly once), pooled
+    over all cells of ``pairs``: per class (BC, TC) precision/recall/F1, then their mean.
+
+    * ``region``: labels each cell by the majority class of its tissue label — TC on CA,
+      BC elsewhere (BG or unknown). Works on any pairs with points and tissue masks.
+    * ``cell_view``: the best single threshold on the Fisher discriminant of the cell's
+      own morphology (radius, darkness, elongation, irregularity) — what the cell view
+      alone tells about a cell.
+    * ``cell_view_pooled``: logistic regression on the cell's morphology plus the mean
+      morphology of all cells in its image (a cell-only model that compares a cell with
+      its neighbours), best threshold.
+    * ``region_and_cell_view``: the same plus the tissue label (a model given the true
+      tissue label).
+
+    The last three need ``pair.meta["cell_morphology"]`` (pairs from
+    :func:`generate_pair`); they are fitted on the evaluated cells, so they are upper
+    bounds for their inputs.
+    """
+    return _oracles([_summary(p) for p in pairs])
