@@ -311,7 +311,7 @@ def cell_to_tissue(
 def _to_bchw(a: np.ndarray) -> tuple[torch.Tensor, bool]:
     arr = np.asarray(a)
     has_channels = arr.ndim == 3
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    t = torch.from_numpy(np.require(arr, requirements=["C", "W"]))
     t = t.permute(2, 0, 1) if has_channels else t[None]
     return t[None], has_channels
 

@@ -93,7 +93,7 @@ def photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator)
 
     Works in float32 [0, 1] throughout and rounds once at the end.
     """
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    t = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
     if rng.random() < cfg.p_jitter:
         for op in rng.permutation(4):
             if op == 0 and cfg.brightness:

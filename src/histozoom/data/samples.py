@@ -37,7 +37,7 @@ def _resize_image(a: np.ndarray, size: tuple[int, int], nearest: bool = False) -
     """Resize ``(H, W[, C])`` to ``size = (width, height)``: area for images, nearest for labels."""
     if (a.shape[1], a.shape[0]) == tuple(size):
         return a
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = torch.from_numpy(np.require(a, requirements=["C", "W"]))
     t = (t.permute(2, 0, 1) if a.ndim == 3 else t[None])[None].float()
     mode = "nearest-exact" if nearest else ("area" if size[0] < a.shape[1] else "bilinear")
     out = F.interpolate(t, size=(size[1], size[0]), mode=mode)[0]
@@ -81,7 +81,7 @@ class SampleConfig:
 
 def image_tensor(img: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 → ``(3, H, W)`` float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
 
 
 def pair_to_sample(pair: Pair, cfg: SampleConfig, cell_classes, tissue_ignore: int = UNKNOWN) -> dict:

@@ -444,32 +444,29 @@ def _tissue_mask(rng: np.random.Generator, ca: np.ndarray, w: int) -> np.ndarray
     return mask
 
 
-def _glands(rng: np.random.Generator, ca: np.ndarray, w: int, window: tuple[int, int, int, int]):
-    """Gland centres and radii (tissue px) on a jittered grid inside CA, away from the window."""
+def _glands(rng: np.random.Generator, ca: np.ndarray, w: int, window: tuple[float, float, float, float]):
+    """Gland centres, lumen radii and rim widths (tissue px) on a jittered grid over CA.
+
+    Glands tile CA densely (their drawing is clipped to CA, so the gland field ends at
+    the CA boundary) and keep clear of ``window`` (x0, y0, x1, y1; already widened by
+    the reach of nuclei drawn in the cell view).
+    """
     t_h, t_w = ca.shape
-    spacing = 0.36 * w
-    rim = max(1.0, 0.04 * w)
+    spacing = 0.3 * w
+    rim = max(1.0, 0.035 * w)
     gx, gy = np.meshgrid(np.arange(-0.5, t_w / spacing + 1) * spacing, np.arange(-0.5, t_h / spacing + 1) * spacing)
-    gx = gx.ravel() + rng.uniform(0, spacing)
-    gy = gy.ravel() + rng.uniform(0, spacing)
-    n = len(gx)
-    r = rng.uniform(0.07, 0.12, n) * w
-    slack = np.maximum(spacing / 2 - r - rim - 1, 0)
-    gx = gx + rng.uniform(-1, 1, n) * slack
-    gy = gy + rng.uniform(-1, 1, n) * slack
-    outer = r + rim
-    # The lumen must lie in CA: test the centre and 16 points on the lumen's outline.
-    ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-    px = np.concatenate([gx[:, None], gx[:, None] + r[:, None] * np.cos(ang)], 1)
-    py = np.concatenate([gy[:, None], gy[:, None] + r[:, None] * np.sin(ang)], 1)
-    inside_img = (px >= 0) & (px <= t_w - 1) & (py >= 0) & (py <= t_h - 1)
-    lab = ca[np.clip(np.rint(py), 0, t_h - 1).astype(int), np.clip(np.rint(px), 0, t_w - 1).astype(int)]
-    in_ca = np.all(lab | ~inside_img, axis=1) & lab[:, 0] & inside_img[:, 0]
+    n = gx.size
+    gx = gx.ravel() + rng.uniform(0, spacing) + rng.uniform(-0.3, 0.3, n) * spacing
+    gy = gy.ravel() + rng.uniform(0, spacing) + rng.uniform(-0.3, 0.3, n) * spacing
+    r = rng.uniform(0.06, 0.10, n) * w
+    reach = 1.35 * (r + rim) + 1  # elongation and irregular outline included
+    inside = (gx >= 0) & (gx <= t_w - 1) & (gy >= 0) & (gy <= t_h - 1)
+    centre_ca = ca[np.clip(np.rint(gy), 0, t_h - 1).astype(int), np.clip(np.rint(gx), 0, t_w - 1).astype(int)]
     x0, y0, x1, y1 = window
     ddx = np.maximum(np.maximum(x0 - gx, gx - x1), 0)
     ddy = np.maximum(np.maximum(y0 - gy, gy - y1), 0)
-    away = np.hypot(ddx, ddy) > outer + 2
-    keep = in_ca & away & (rng.random(n) < 0.9)
+    away = np.hypot(ddx, ddy) > reach
+    keep = centre_ca & inside & away & (rng.random(n) < 0.9)
     return gx[keep], gy[keep], r[keep], np.full(keep.sum(), rim)
 
 
@@ -602,11 +599,14 @@ def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) ->
         gth = rng.uniform(0, np.pi, ng)
         gph = rng.uniform(0, 2 * np.pi, ng)
         girr = rng.uniform(0.0, 0.12, ng)
-        gel = rng.uniform(0.0, 0.35, ng)
+        gel = rng.uniform(0.0, 0.3, ng)
         ga, gb = gr * np.sqrt(1 + gel), gr / np.sqrt(1 + gel)
         _stamp(lumen, gx, gy, ga, gb, gth, girr, gph, np.ones(ng))
         _stamp(rim, gx, gy, ga + grim, gb + grim, gth, girr, gph, np.ones(ng))
-        rim = np.clip(rim - lumen, 0, 1)
+        # The gland field ends at the CA boundary (softened over about a pixel).
+        ca_soft = ndimage.uniform_filter(ca.astype(np.float32), 3, mode="nearest")
+        lumen *= ca_soft
+        rim = np.clip(rim * ca_soft - lumen, 0, 1)
     in_gland = (lumen + rim)[np.clip(np.rint(xy_t[:, 1]), 0, t - 1).astype(int),
                              np.clip(np.rint(xy_t[:, 0]), 0, t - 1).astype(int)] > 0.05
     alive &= ~(in_gland & ~near_c)
