@@ -36,6 +36,7 @@ from .data.challenge_json import (
     ChallengePoints,
     ImageSize,
     image_name,
+    image_size_of,
     parse_image_name,
     read_challenge_json,
 )
@@ -166,17 +167,6 @@ def _align_names(
 
 
 # ---------------------------------------------------------------------- CSV folders
-def _size_for(image_size: ImageSize, k: int) -> tuple[int, int] | None:
-    if image_size is None:
-        return None
-    if isinstance(image_size, (int, np.integer)):
-        return (int(image_size), int(image_size))
-    if isinstance(image_size, Mapping):
-        s = image_size.get(k)
-        return None if s is None else (int(s[0]), int(s[1]))
-    return (int(image_size[0]), int(image_size[1]))
-
-
 def _read_csv_folder(folder: Path, classes: ClassSet | None, image_size: ImageSize, ref: PointSet | None) -> PointSet:
     files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() == ".csv" and p.is_file()}
     if not files:
@@ -187,7 +177,7 @@ def _read_csv_folder(folder: Path, classes: ClassSet | None, image_size: ImageSi
     for stem, k in index.items():
         if k in points:
             raise InputError(files[stem], f"a second file for image {image_name(k)} ({names[k]!r} came first)")
-        points[k] = read_points_csv(files[stem], classes, _size_for(image_size, k))
+        points[k] = read_points_csv(files[stem], classes, image_size_of(image_size, k))
         names[k] = stem
     num = None if ref is not None else len(points)
     return PointSet(points, num, names if ref is None else {}, str(folder), classes=classes, warnings=warnings)
@@ -234,7 +224,7 @@ def _from_objects(obj: Any, classes: ClassSet | None, image_size: ImageSize, ref
     for k, v in items:
         if v is None:
             continue
-        points[k] = _check_points(v, k, classes, _size_for(image_size, k), label)
+        points[k] = _check_points(v, k, classes, image_size_of(image_size, k), label)
     num = None if isinstance(obj, Mapping) and not names else len(items)
     return PointSet(points, num, names, label, classes=classes, warnings=warnings)
 
@@ -333,7 +323,7 @@ def _load_dataset(path: Path, split: str | None, classes: ClassSet | None, image
     ps = PointSet(points, len(ids), names, f"{path} (split {name})", classes=classes, organs=organs,
                   placements=placements, tissue_masks=masks, tissue_classes=spec.tissue_classes, image_sizes=sizes)
     for k, pts in points.items():
-        _check_points(pts, k, classes, sizes.get(k) or _size_for(image_size, k), f"{path}: sample {names[k]}")
+        _check_points(pts, k, classes, sizes.get(k) or image_size_of(image_size, k), f"{path}: sample {names[k]}")
     return ps
 
 
@@ -438,7 +428,7 @@ def load_ground_truth(
         for k, mask in gt.tissue_masks.items():
             if k in gt.placements or k not in gt.entries:
                 continue
-            cell_size = gt.image_sizes.get(k) or _size_for(image_size, k) or CHALLENGE_IMAGE_SIZE
+            cell_size = gt.image_sizes.get(k) or image_size_of(image_size, k) or CHALLENGE_IMAGE_SIZE
             gt.placements[k] = placement_from_entry(gt.entries[k], cell_size, (mask.shape[1], mask.shape[0]),
                                                     Path(gt.metadata_path or "<metadata>"), gt.name(k))
     if gt.tissue_masks:

@@ -91,7 +91,8 @@ class ChallengePoints:
         return sum(len(p) for p in self.points.values())
 
 
-def _size_of(image_size: ImageSize, index: int) -> tuple[int, int] | None:
+def imageimage_size_of(image_size: ImageSize, index: int) -> tuple[int, int] | None:
+    """``(width, height)`` of image ``index`` from an int, a pair, a per-index mapping, or None."""
     if image_size is None:
         return None
     if isinstance(image_size, (int, np.integer)):
@@ -165,7 +166,7 @@ def parse_challenge_entries(
         x, y, c = (_as_int(v, strict) for v in pt)
         if x is None or y is None:
             raise bad(f"coordinates must be integers, got x={pt[0]!r}, y={pt[1]!r}")
-        size = _size_of(image_size, k)
+        size = image_size_of(image_size, k)
         if size is not None and not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
             raise bad(f"point ({x}, {y}) lies outside the {size[0]}x{size[1]} image (0 <= x <= {size[0] - 1}, 0 <= y <= {size[1] - 1})")
         if c is None:
