@@ -91,7 +91,7 @@ class ChallengePoints:
         return sum(len(p) for p in self.points.values())
 
 
-def imageimage_size_of(image_size: ImageSize, index: int) -> tuple[int, int] | None:
+def image_size_of(image_size: ImageSize, index: int) -> tuple[int, int] | None:
     """``(width, height)`` of image ``index`` from an int, a pair, a per-index mapping, or None."""
     if image_size is None:
         return None
