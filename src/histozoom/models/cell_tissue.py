@@ -1,0 +1,366 @@
+"""The OCELOT cell–tissue model family, every variant from one config (OCELOT §4.2, §5, §6.4).
+
+Inputs (batched, float):
+
+* ``cell_img``   ``(B, C, Hc, Wc)``: the cell view (small FoV), cell frame.
+* ``tissue_img`` ``(B, C, Ht, Wt)``: the tissue view (large FoV), tissue frame; any size
+  (need not equal the cell size).
+* ``windows``    ``(B, 4)`` window fractions ``(x0, y0, w, h)`` of the cell view inside the
+  tissue extent, one row per sample (or a list of :class:`~histozoom.geometry.Placement`).
+* ``tissue_mask`` ``(B, Ht, Wt)`` (or ``(B, 1, Ht, Wt)``) integer tissue ids, tissue frame
+  (label leaking only).
+
+Outputs (``dict``):
+
+* ``"cell_logits"``  ``(B, n_cell_classes + 1, Hc, Wc)``: channel 0 = background, channel
+  ``k`` = cell class id ``k`` (OCELOT: 1 = BC, 2 = TC).
+* ``"tissue_logits"`` ``(B, n_tissue_classes, Ht, Wt)`` when the model has a tissue branch:
+  channel ``k`` = tissue class id ``k + 1`` (OCELOT: channel 0 = BG (1), channel 1 = CA (2));
+  there is no channel for the ignore label 255 (unknown).
+
+How the branches meet (all alignment through :mod:`histozoom.geometry`):
+
+* tissue→cell: :func:`~histozoom.geometry.tissue_to_cell` — crop the window, resample to the
+  cell map's size at that boundary (bilinear; nearest for label maps). Fig. 5a.
+* cell→tissue: :func:`~histozoom.geometry.cell_to_tissue` — shrink into the window, zero
+  elsewhere ("area"). Fig. 5b.
+
+Variants (``CellTissueConfig`` fields; names in :mod:`histozoom.models.registry`):
+
+* cell-only: ``tissue_branch=False``.
+* tissue-label leaking (Fig. 3): ``leak_tissue_labels=True`` — the one-hot tissue mask
+  (:func:`tissue_one_hot`) cropped to the window (nearest) is concatenated to the cell input.
+* pred-to-{input, inter-1, inter-2, output} (Fig. 4): ``inject`` = "input" / "encoder" /
+  "aspp" / "decoder" — the tissue branch's softmax, aligned to the cell map at that
+  boundary, is concatenated there. The tissue branch runs first; gradients flow from the
+  cell loss into it (end-to-end training).
+* feature sharing (Fig. 5–6): ``sharing = (at encoder, at aspp, at decoder)``, each one of
+  ``SHARE_MODES``; an exchange is a 3×3 conv + BN + ReLU on the source branch's raw map at
+  that boundary, aligned into the other branch's frame and concatenated there. Both
+  branches then run in lockstep.
+* dataset ablation (Table 7): ``tissue_input="cell"`` — the tissue branch reads the cell
+  view and the window is the full extent ``(0, 0, 1, 1)`` ("tissue labels without large
+  FoV"; the tissue target is then the mask cropped to the cell view).
+  ``tissue_supervised=False`` tells the trainer to drop the tissue loss ("large FoV
+  without tissue labels"); the model itself is unchanged.
+
+Concatenation order at a boundary: ``[raw, leaked labels, injected probabilities,
+shared features]`` (only those present).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from ..geometry import Placement, cell_to_tissue, tissue_to_cell, window_tensor
+from .branch import POSITIONS, DeepLabBranch, StagedRun
+from .unet import UNetBranch
+
+SHARE_MODES: tuple[str, ...] = ("none", "t2c", "c2t", "both")
+"""Exchange at one boundary: none, tissue→cell, cell→tissue, or both directions."""
+
+SHARE_POSITIONS: tuple[str, ...] = ("encoder", "aspp", "decoder")
+"""The three boundaries where feature sharing may happen (order of ``sharing``)."""
+
+ARCHITECTURES = {"deeplabv3plus": DeepLabBranch, "unet": UNetBranch}
+
+
+def all_sharing_configs() -> list[tuple[str, str, str]]:
+    """The 4³ = 64 ``sharing`` triples of the paper's search (§5.3), in a fixed order."""
+    return list(itertools.product(SHARE_MODES, repeat=len(SHARE_POSITIONS)))
+
+
+def tissue_index(mask: torch.Tensor, n_classes: int, ignore_index: int = -100) -> torch.Tensor:
+    """Channel index ``(B, H, W)`` (int64) of ``tissue_logits`` for a tissue-id mask
+    ``(B, H, W)`` or ``(B, 1, H, W)``: id ``k + 1`` → ``k``; any other value (0, 255 =
+    unknown) → ``ignore_index``. The one place that maps tissue ids to output channels.
+    """
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if mask.dim() != 3:
+        raise ValueError(f"tissue_mask must be (B, H, W) or (B, 1, H, W), got {tuple(mask.shape)}")
+    idx = mask.long() - 1
+    return idx.masked_fill((idx < 0) | (idx >= n_classes), ignore_index)
+
+
+def tissue_one_hot(mask: torch.Tensor, n_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One-hot ``(B, n_classes, H, W)`` of a tissue-id mask (see :func:`tissue_index`):
+    channel ``k`` is 1 where the id is ``k + 1``; unknown (255) and other values give all zeros.
+    """
+    idx = tissue_index(mask, n_classes, ignore_index=-1)
+    ids = torch.arange(n_classes, device=mask.device).view(1, -1, 1, 1)
+    return (idx.unsqueeze(1) == ids).to(dtype)
+
+
+@dataclass(frozen=True)
+class CellTissueConfig:
+    """Everything that defines a cell–tissue model; saved as JSON next to its weights.
+
+    Attributes
+    ----------
+    name: registry key of the variant this config came from (informational).
+    n_cell_classes, n_tissue_classes: class counts (cell output has one more: background).
+    in_channels: image channels of both views (3 = RGB).
+    architecture: "deeplabv3plus" (paper) or "unet" (supplement C.1; only "input" injection).
+    encoder_name: smp encoder name ("resnet34" in the paper).
+    encoder_weights: ``None`` (random init) or a local ImageNet state-dict file for both
+        branches' encoders; never downloaded.
+    decoder_channels, atrous_rates, aspp_dropout: DeepLabV3+ width, ASPP rates, dropout
+        in ASPP's projection (smp defaults). U-Net uses smp's default decoder.
+    cell_dropout, tissue_dropout: ``Dropout2d`` probability after every ResNet block of
+        each branch (supplement B: tissue 0.1; cell searched over 0.1/0.3/0.5).
+    tissue_branch: whether the model has a tissue segmentation branch.
+    leak_tissue_labels: concatenate the ground-truth tissue one-hot to the cell input.
+    inject: ``None`` or the position ("input", "encoder", "aspp", "decoder") where the
+        tissue softmax enters the cell branch.
+    sharing: ``SHARE_MODES`` entry at ("encoder", "aspp", "decoder").
+    share_channels: output channels of each exchange conv; ``None`` = the source map's.
+    tissue_input: "tissue" (the large-FoV view) or "cell" (Table 7 ablation: the tissue
+        branch reads the cell view; windows are the full extent).
+    tissue_supervised: ``False`` = train without the tissue loss (Table 7 ablation); read
+        by the trainer, the model does not use it.
+    """
+
+    name: str = "cell-only"
+    n_cell_classes: int = 2
+    n_tissue_classes: int = 2
+    in_channels: int = 3
+    architecture: str = "deeplabv3plus"
+    encoder_name: str = "resnet34"
+    encoder_weights: str | None = None
+    decoder_channels: int = 256
+    atrous_rates: tuple[int, int, int] = (12, 24, 36)
+    aspp_dropout: float = 0.5
+    cell_dropout: float = 0.1
+    tissue_dropout: float = 0.1
+    tissue_branch: bool = False
+    leak_tissue_labels: bool = False
+    inject: str | None = None
+    sharing: tuple[str, str, str] = ("none", "none", "none")
+    share_channels: int | None = None
+    tissue_input: str = "tissue"
+    tissue_supervised: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "atrous_rates", tuple(int(r) for r in self.atrous_rates))
+        object.__setattr__(self, "sharing", tuple(str(s) for s in self.sharing))
+        if self.encoder_weights is not None:
+            object.__setattr__(self, "encoder_weights", str(self.encoder_weights))
+        problems = list(self._problems())
+        if problems:
+            raise ValueError(f"CellTissueConfig {self.name!r}: " + "; ".join(problems))
+
+    def _problems(self) -> Iterable[str]:
+        if self.architecture not in ARCHITECTURES:
+            yield f"architecture must be one of {tuple(ARCHITECTURES)}, got {self.architecture!r}"
+        if self.n_cell_classes < 1 or self.n_tissue_classes < 1 or self.in_channels < 1:
+            yield "class and channel counts must be >= 1"
+        for label, p in (("cell_dropout", self.cell_dropout), ("tissue_dropout", self.tissue_dropout)):
+            if not 0.0 <= p < 1.0:
+                yield f"{label} must be in [0, 1), got {p}"
+        if self.inject is not None and self.inject not in POSITIONS:
+            yield f"inject must be None or one of {POSITIONS}, got {self.inject!r}"
+        if len(self.sharing) != len(SHARE_POSITIONS) or any(s not in SHARE_MODES for s in self.sharing):
+            yield f"sharing must be {len(SHARE_POSITIONS)} entries from {SHARE_MODES}, got {self.sharing!r}"
+        if (self.inject is not None or any(s != "none" for s in self.sharing)) and not self.tissue_branch:
+            yield "inject/sharing need tissue_branch=True"
+        if self.inject is not None and self.c2t_positions:
+            yield "inject needs the whole tissue prediction before the cell branch runs, so no c2t sharing"
+        if self.architecture == "unet" and (self.inject not in (None, "input") or any(s != "none" for s in self.sharing)):
+            yield "the U-Net branch takes extra channels at 'input' only (no inter/output injection, no sharing)"
+        if self.share_channels is not None and self.share_channels < 1:
+            yield f"share_channels must be None or >= 1, got {self.share_channels}"
+        if self.tissue_input not in ("tissue", "cell"):
+            yield f"tissue_input must be 'tissue' or 'cell', got {self.tissue_input!r}"
+        if self.tissue_input == "cell" and not (self.tissue_branch or self.leak_tissue_labels):
+            yield "tissue_input='cell' needs a tissue branch or label leaking"
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def t2c_positions(self) -> tuple[str, ...]:
+        """Boundaries with a tissue→cell exchange."""
+        return tuple(p for p, s in zip(SHARE_POSITIONS, self.sharing) if s in ("t2c", "both"))
+
+    @property
+    def c2t_positions(self) -> tuple[str, ...]:
+        """Boundaries with a cell→tissue exchange."""
+        return tuple(p for p, s in zip(SHARE_POSITIONS, self.sharing) if s in ("c2t", "both"))
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists in JSON)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CellTissueConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown CellTissueConfig fields {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "CellTissueConfig":
+        """A copy with ``changes``; an unknown field raises ``ValueError`` listing the fields."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown CellTissueConfig fields {unknown}; known: {sorted(names)}")
+        return dataclasses.replace(self, **changes)
+
+    def build(self, pretrained: bool = True) -> "CellTissueModel":
+        """The model. ``pretrained=False`` skips loading ``encoder_weights`` (used when a
+        checkpoint supplies all weights)."""
+        return CellTissueModel(self, load_encoder_weights=pretrained)
+
+
+def _exchange_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    """The 'shallow convolutional layer with 3×3 kernel' of Fig. 5 (+ BN + ReLU)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CellTissueModel(nn.Module):
+    """Cell branch, optional tissue branch and the links between them, as ``config`` says.
+
+    Submodules: ``cell`` and ``tissue`` (branches with ``encoder``/``aspp``/``decoder``/
+    ``head``; ``tissue`` is ``None`` without a tissue branch), ``t2c`` and ``c2t``
+    (``nn.ModuleDict`` position → exchange conv). See the module docstring for I/O.
+    """
+
+    def __init__(self, config: CellTissueConfig, load_encoder_weights: bool = True):
+        super().__init__()
+        self.config = cfg = config
+        nt = cfg.n_tissue_classes
+        cell_extra = {pos: 0 for pos in POSITIONS}
+        tissue_extra = {pos: 0 for pos in POSITIONS}
+        cell_extra["input"] += nt if cfg.leak_tissue_labels else 0
+        if cfg.inject is not None:
+            cell_extra[cfg.inject] += nt
+        self.t2c = nn.ModuleDict()
+        self.c2t = nn.ModuleDict()
+        if cfg.t2c_positions or cfg.c2t_positions:
+            raw = DeepLabBranch.boundary_channels(cfg.in_channels, cfg.encoder_name, cfg.decoder_channels)
+            for links, extra, positions in ((self.t2c, cell_extra, cfg.t2c_positions),
+                                            (self.c2t, tissue_extra, cfg.c2t_positions)):
+                for pos in positions:
+                    out = cfg.share_channels or raw[pos]
+                    links[pos] = _exchange_conv(raw[pos], out)
+                    extra[pos] += out
+        self.cell = self._branch(cfg.n_cell_classes + 1, cell_extra, cfg.cell_dropout, load_encoder_weights)
+        self.tissue = (self._branch(nt, tissue_extra, cfg.tissue_dropout, load_encoder_weights)
+                       if cfg.tissue_branch else None)
+        # Without cell→tissue links the tissue branch needs nothing from the cell branch, so
+        # it runs first (its prediction is then available at every cell boundary).
+        self.tissue_first = not cfg.c2t_positions
+
+    def _branch(self, classes: int, extra: dict[str, int], dropout: float, load: bool) -> nn.Module:
+        cfg = self.config
+        common = dict(classes=classes, in_channels=cfg.in_channels, extra_channels=extra,
+                      encoder_name=cfg.encoder_name, encoder_weights=cfg.encoder_weights if load else None,
+                      dropout=dropout)
+        if cfg.architecture == "unet":
+            return UNetBranch(**common)
+        return DeepLabBranch(**common, decoder_channels=cfg.decoder_channels,
+                             atrous_rates=cfg.atrous_rates, aspp_dropout=cfg.aspp_dropout)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_image(self, x: torch.Tensor | None, label: str, branch: nn.Module) -> None:
+        if x is None:
+            raise ValueError(f"{self.config.name}: {label} is required")
+        if x.dim() != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"{label} must be (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        m = branch.size_multiple
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f"{label}: height and width must be multiples of {m}, got {tuple(x.shape[-2:])}")
+
+    def _windows(self, windows, batch: int, device) -> torch.Tensor:
+        if self.config.tissue_input == "cell":
+            return torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device).expand(batch, 4)
+        if windows is None:
+            raise ValueError(f"{self.config.name}: windows (B, 4) are required")
+        win = window_tensor(windows, device=device)
+        if win.shape != (batch, 4):
+            raise ValueError(f"windows must be ({batch}, 4), got {tuple(win.shape)}")
+        if bool((win[:, 2:] <= 0).any()):
+            raise ValueError("window width and height must be > 0")
+        return win
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        cell_img: torch.Tensor,
+        tissue_img: torch.Tensor | None = None,
+        windows: torch.Tensor | Iterable[Placement] | None = None,
+        tissue_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``{"cell_logits", "tissue_logits"?}`` (see the module docstring for shapes).
+
+        With ``tissue_input="cell"`` the tissue branch reads ``cell_img``; ``tissue_img``
+        and ``windows`` are ignored. ``tissue_mask`` is used by label leaking only.
+        """
+        cfg = self.config
+        self._check_image(cell_img, "cell_img", self.cell)
+        batch = cell_img.shape[0]
+        win = None
+        if self.tissue is not None or cfg.leak_tissue_labels:
+            win = self._windows(windows, batch, cell_img.device)
+        if self.tissue is not None:
+            if cfg.tissue_input == "cell":
+                tissue_img = cell_img
+            self._check_image(tissue_img, "tissue_img", self.tissue)
+            if tissue_img.shape[0] != batch:
+                raise ValueError(f"tissue_img batch {tissue_img.shape[0]} != cell_img batch {batch}")
+        leak = None
+        if cfg.leak_tissue_labels:
+            if tissue_mask is None:
+                raise ValueError(f"{cfg.name}: tissue_mask is required (label leaking)")
+            leak = tissue_one_hot(tissue_mask.to(cell_img.device), cfg.n_tissue_classes, cell_img.dtype)
+
+        cell = StagedRun(self.cell, cell_img)
+        tissue = StagedRun(self.tissue, tissue_img) if self.tissue is not None else None
+        t_raw: dict[str, torch.Tensor] = {}
+        tissue_logits = probs = None
+        if tissue is not None and self.tissue_first:
+            for pos in POSITIONS:
+                t_raw[pos] = tissue.advance()
+            tissue_logits = tissue.finish()
+            probs = tissue_logits.softmax(dim=1)
+        lockstep = tissue is not None and not self.tissue_first
+        for pos in POSITIONS:
+            c_raw = cell.advance()
+            if lockstep:
+                t_raw[pos] = tissue.advance()
+            cell.concat(self._into_cell(pos, c_raw.shape[-2:], t_raw, probs, leak, win))
+            if lockstep:
+                tissue.concat(self._into_tissue(pos, c_raw, t_raw[pos].shape[-2:], win))
+        out = {"cell_logits": cell.finish()}
+        if tissue is not None:
+            out["tissue_logits"] = tissue.finish() if lockstep else tissue_logits
+        return out
+
+    def _into_cell(self, pos, size, t_raw, probs, leak, win) -> list[torch.Tensor]:
+        """Tissue-frame maps aligned to the cell map of ``size`` at boundary ``pos``."""
+        maps = []
+        if pos == "input" and leak is not None:
+            maps.append(tissue_to_cell(leak, win, tuple(size), mode="nearest"))
+        if pos == self.config.inject:
+            maps.append(tissue_to_cell(probs, win, tuple(size), mode="bilinear"))
+        if pos in self.t2c:
+            maps.append(tissue_to_cell(self.t2c[pos](t_raw[pos]), win, tuple(size), mode="bilinear"))
+        return maps
+
+    def _into_tissue(self, pos, c_raw, size, win) -> list[torch.Tensor]:
+        """Cell-frame maps placed into the tissue map of ``size`` at boundary ``pos``."""
+        if pos not in self.c2t:
+            return []
+        return [cell_to_tissue(self.c2t[pos](c_raw), win, tuple(size), mode="area")]
