@@ -154,3 +154,19 @@ def test_photometric_independent_per_view_and_seeded():
     outs = [photometric(img, AugmentConfig(p_jitter=1, p_noise=0, p_blur=0), rng) for _ in range(2)]
     assert not np.array_equal(outs[0], outs[1])
     assert outs[0].dtype == np.uint8 and outs[0].shape == img.shape
+
+
+def test_rotate_hue_keeps_luma_and_grey_and_inverts():
+    import torch
+
+    from histozoom.data.augment import rotate_hue
+
+    rng = np.random.default_rng(0)
+    t = torch.from_numpy(rng.uniform(0.2, 0.8, (3, 8, 8)).astype(np.float32))
+    luma = lambda x: 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+    r = rotate_hue(t, 0.03)
+    torch.testing.assert_close(luma(r), luma(t), atol=1e-5, rtol=0)
+    assert (r - t).abs().max() > 0.005
+    torch.testing.assert_close(rotate_hue(r, -0.03), t, atol=1e-5, rtol=0)
+    grey = torch.full((3, 2, 2), 0.5)
+    torch.testing.assert_close(rotate_hue(grey, 0.2), grey, atol=1e-6, rtol=0)

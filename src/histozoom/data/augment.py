@@ -88,6 +88,23 @@ def rot90_pair(pair: Pair, k: int) -> Pair:
 
 
 # ---------------------------------------------------------------------- photometric
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def rotate_hue(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Rotate the hue of a ``(3, H, W)`` float RGB image by ``shift`` turns (fraction of 360°).
+
+    A rotation of the chroma plane in YIQ space: one 3×3 matrix, an order of magnitude
+    cheaper than an HSV round trip at 1024 px; luma (Y) is unchanged.
+    """
+    a = 2 * np.pi * shift
+    c, s = float(np.cos(a)), float(np.sin(a))
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    m = (_YIQ_TO_RGB @ rot @ _RGB_TO_YIQ).to(t.dtype)
+    return torch.einsum("ij,jhw->ihw", m, t).clamp_(0.0, 1.0)
+
+
 def photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Colour jitter, blur and noise of one ``(H, W, 3)`` uint8 view, each with its probability.
 
@@ -103,7 +120,7 @@ def photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator)
             elif op == 2 and cfg.saturation:
                 t = TF.adjust_saturation(t, float(rng.uniform(1 - cfg.saturation, 1 + cfg.saturation)))
             elif op == 3 and cfg.hue:
-                t = TF.adjust_hue(t, float(rng.uniform(-cfg.hue, cfg.hue)))
+                t = rotate_hue(t, float(rng.uniform(-cfg.hue, cfg.hue)))
     if rng.random() < cfg.p_blur:
         sigma = float(rng.uniform(*cfg.blur_sigma))
         ks = 2 * int(np.ceil(3 * sigma)) + 1
