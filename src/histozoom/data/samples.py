@@ -42,7 +42,7 @@ def _resize_image(a: np.ndarray, size: tuple[int, int], nearest: bool = False) -
     mode = "nearest-exact" if nearest else ("area" if size[0] < a.shape[1] else "bilinear")
     out = F.interpolate(t, size=(size[1], size[0]), mode=mode)[0]
     out = out.permute(1, 2, 0) if a.ndim == 3 else out[0]
-    return np.clip(out.round(), 0, 255).numpy().astype(a.dtype)
+    return out.round().clamp(0, 255).numpy().astype(a.dtype)
 
 
 def resize_pair(pair: Pair, cell_size: tuple[int, int], tissue_size: tuple[int, int]) -> Pair:

@@ -1,0 +1,118 @@
+"""``histozoom predict``: cell detections from a trained model, in original pixel coordinates.
+
+Examples::
+
+    histozoom predict --checkpoint RUN --data DATA --split test --out P.json
+    histozoom predict --checkpoint RUN --data CONTAINER_DIR --out cell_classification.json --tta
+    histozoom predict --checkpoint RUN --data DATA --split val --csv P_csv/ --table detections.csv --size 512
+    histozoom predict --checkpoint RUN --cell-image c.jpg --tissue-image t.jpg --offset 0.4 0.6 --out P.json
+
+``--checkpoint``: a training run folder (its ``best.ckpt``) or a ``save_pretrained``
+folder. ``--out`` writes the OCELOT challenge JSON (``image_K`` = K-th sample in sorted id
+order, integer pixels), ``--csv`` one ``SAMPLE_ID.csv`` per image (x,y,class,prob),
+``--table`` all detections in one CSV. ``--size``: the model's input size (default: the
+size it was trained at; ``native`` = as stored); detections are always written in the
+original image's pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import print_json
+
+
+def _size(text: str):
+    if text.lower() in ("native", "none", "stored"):
+        return "native"
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel size (multiple of 16) or 'native', got {text!r}") from None
+    if v < 16 or v % 16:
+        raise argparse.ArgumentTypeError(f"size must be a multiple of 16, got {v}")
+    return v
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="detect cells with a trained model (challenge JSON, CSV folder, detections table)",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="training run folder or save_pretrained folder")
+    src = p.add_argument_group("input: a dataset split, or one pair of images")
+    src.add_argument("--data", metavar="DIR", help="dataset folder (OCELOT release, Grand-Challenge container, own layout)")
+    src.add_argument("--split", help="split of --data (default: its only split, else 'test'; a container's is 'container')")
+    src.add_argument("--cell-image", metavar="IMG", help="cell view image (with --tissue-image)")
+    src.add_argument("--tissue-image", metavar="IMG", help="tissue view image")
+    src.add_argument("--tissue-mask", metavar="IMG", help="tissue label map (tissue-label leaking models only)")
+    src.add_argument("--offset", type=float, nargs=2, default=(0.5, 0.5), metavar=("X", "Y"),
+                     help="cell view centre as fractions of the tissue image (default 0.5 0.5)")
+    src.add_argument("--cell-mpp", type=float, default=0.2, help="µm/px of the cell image (default 0.2)")
+    src.add_argument("--tissue-mpp", type=float, default=0.8, help="µm/px of the tissue image (default 0.8)")
+    out = p.add_argument_group("outputs (at least one)")
+    out.add_argument("--out", metavar="P.json", help="challenge JSON (Multiple points)")
+    out.add_argument("--csv", metavar="DIR", help="folder of per-image CSVs named by sample id")
+    out.add_argument("--table", metavar="T.csv", help="one CSV of all detections")
+    p.add_argument("--size", type=_size, metavar="PX|native",
+                   help="model input size (default: the training size)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over 8 flips/rotations")
+    p.add_argument("--threshold", type=float, help="foreground probability threshold (default: the training run's, 0.5)")
+    p.add_argument("--min-distance-um", type=float, help="peak neighbourhood half-size in µm (default: the run's, 2.0)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data.open import open_dataset
+    from ..errors import InputError
+    from ..evaluation import _pick_split
+    from ..inference.decode import PeakConfig
+    from ..inference.predictor import Predictor, pair_from_images
+    from ..training.trainer import resolve_device
+
+    if not (args.out or args.csv or args.table):
+        raise InputError(None, "give at least one output: --out P.json, --csv DIR or --table T.csv")
+    if bool(args.data) == bool(args.cell_image):
+        raise InputError(None, "give either --data DIR or --cell-image with --tissue-image")
+    if args.cell_image and not args.tissue_image:
+        raise InputError(None, "--cell-image needs --tissue-image")
+    device = resolve_device(args.device)
+    size = "train" if args.size is None else (None if args.size == "native" else args.size)
+    pred = Predictor.from_checkpoint(args.checkpoint, device=device, size=size, tta=args.tta,
+                                     batch_size=args.batch_size, num_workers=args.num_workers)
+    if args.threshold is not None or args.min_distance_um is not None:
+        pred.peak_cfg = PeakConfig(pred.peak_cfg.min_distance_um if args.min_distance_um is None else args.min_distance_um,
+                                   pred.peak_cfg.threshold if args.threshold is None else args.threshold)
+    if args.data:
+        ds = open_dataset(args.data)
+        split = ds.split(_pick_split(ds, args.split, Path(args.data)))
+        result = pred.predict_split(split, progress=not args.no_progress)
+    else:
+        pair = pair_from_images(args.cell_image, args.tissue_image, tuple(args.offset), args.cell_mpp, args.tissue_mpp,
+                                pair_id=Path(args.cell_image).stem, tissue_mask=args.tissue_mask)
+        result = pred.predict_split([pair])
+    written = {}
+    if args.out:
+        written["challenge_json"] = str(result.write_challenge_json(args.out))
+    if args.csv:
+        written["csv_folder"] = str(result.write_csv_folder(args.csv))
+    if args.table:
+        written["table"] = str(result.write_table(args.table))
+    per_class = {name: 0 for name in result.classes.names}
+    for pts in result.points.values():
+        for c in pts.cls.tolist():
+            per_class[result.classes.name(c)] += 1
+    summary = {"images": len(result), "detections": sum(per_class.values()), "per_class": per_class,
+               "size": pred.size, "tta": len(pred.transforms) > 1, "outputs": written}
+    if args.json:
+        print_json(summary)
+    else:
+        for k, v in written.items():
+            print(f"[predict] wrote {v}", file=sys.stderr)
+        print(f"{summary['images']} images, {summary['detections']} detections ({per_class})")
+    return 0

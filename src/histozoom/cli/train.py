@@ -1,0 +1,150 @@
+"""``histozoom train``: train a cell–tissue model; the run folder holds everything.
+
+Examples::
+
+    histozoom train --data DATA --model pred-to-inter-2 --out RUN                  # paper recipe (300 epochs)
+    histozoom train --data DATA --model cell-only --out RUN --epochs 20 --size 256 --json
+    histozoom train --data DATA --model cell-only --out RUN --resume               # continue after a stop
+    torchrun --nproc-per-node 4 -m histozoom.cli.train --data DATA --model pred-to-inter-2 --out RUN --device cuda
+
+Output: ``RUN/best.ckpt/`` (a folder: config.json + model.safetensors, the best-validation
+epoch; give ``RUN`` or ``RUN/best.ckpt`` to ``histozoom predict --checkpoint``),
+``RUN/last/`` (resume state), ``RUN/log.csv``, ``RUN/train_config.json``,
+``RUN/test_predictions.json`` and ``RUN/done.json`` (summary; ``--json`` prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..models.registry import list_models
+from ._common import print_json
+
+
+def _kv(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        value = json.loads(v)
+    except json.JSONDecodeError:
+        value = v
+    return k.strip(), value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a cell-tissue model (OCELOT recipe; resumable; DDP under torchrun)",
+                       description=__doc__.splitlines()[0])
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # every option defaults to None: only what is given overrides the config (or the saved one on --resume)
+    p.add_argument("--data", metavar="DIR", help="dataset folder (OCELOT release, container, own layout)")
+    p.add_argument("--model", metavar="NAME", help=f"model variant: {', '.join(list_models())}")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder")
+    p.add_argument("--config", metavar="JSON", help="start from this TrainConfig JSON (options given here override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last finished epoch")
+    p.add_argument("--epochs", type=int, help="epochs (default 300, the paper's on OCELOT)")
+    p.add_argument("--stop-after", type=int, metavar="E", help="stop after epoch E (continue later with --resume)")
+    p.add_argument("--size", type=int, metavar="PX", help="resize both views to PX x PX (multiple of 16; default: as stored)")
+    p.add_argument("--batch-size", type=int, help="batch size per process (default 8)")
+    p.add_argument("--lr", type=float, help="learning rate of the tissue branch (default 1e-4; paper tunes in [5e-5, 2e-3])")
+    p.add_argument("--cell-lr-ratio", type=float, help="cell-branch LR = lr x ratio (paper: 1 or 0.5; default 1)")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 1e-5)")
+    p.add_argument("--cell-dropout", type=float, help="spatial dropout after each ResNet block of the cell branch (0.1/0.3/0.5)")
+    p.add_argument("--tissue-dropout", type=float, help="same for the tissue branch (paper: 0.1)")
+    p.add_argument("--cell-weight", type=float, help="cell loss weight (default 1)")
+    p.add_argument("--tissue-weight", type=float, help="tissue loss weight (default 1)")
+    p.add_argument("--no-tissue-loss", action="store_const", const=True, help="Table 7: large FoV without tissue labels")
+    p.add_argument("--no-large-fov", action="store_const", const=True, help="Table 7: tissue labels without large FoV")
+    p.add_argument("--no-augment", action="store_const", const=True, help="switch augmentation off")
+    p.add_argument("--model-arg", type=_kv, action="append", metavar="KEY=VALUE",
+                   help="model config override, e.g. encoder_name=resnet18 or sharing='[\"both\",\"none\",\"t2c\"]'")
+    p.add_argument("--bn-recalibration", type=int, metavar="B",
+                   help="re-estimate BatchNorm statistics from B training batches before each validation (default 0 = off)")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--num-workers", type=int, help="data loader workers (default: 0 on CPU, up to 8 on CUDA)")
+    p.add_argument("--val-split", help="validation split (default val; 'none' = no validation)")
+    p.add_argument("--test-split", help="test split (default test; 'none' = no test pass)")
+    p.add_argument("--max-train-batches", type=int, help="at most this many batches per epoch (smoke tests)")
+    p.add_argument("--no-progress", action="store_const", const=True, help="no progress bars")
+    p.add_argument("--no-tensorboard", action="store_const", const=True, help="no TensorBoard events")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
+
+
+_FIELDS = {
+    "data": "data", "model": "model", "epochs": "epochs", "stop_after": "stop_after", "size": "size",
+    "batch_size": "batch_size", "lr": "lr", "cell_lr_ratio": "cell_lr_ratio", "weight_decay": "weight_decay",
+    "cell_dropout": "cell_dropout", "tissue_dropout": "tissue_dropout", "cell_weight": "cell_weight",
+    "tissue_weight": "tissue_weight", "no_tissue_loss": "no_tissue_loss", "no_large_fov": "no_large_fov",
+    "seed": "seed", "device": "device", "bn_recalibration": "bn_recalibration", "num_workers": "num_workers",
+    "max_train_batches": "max_train_batches",
+}
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig the options describe: ``--config`` or the saved one (``--resume``)
+    or the defaults, with every given option applied."""
+    from pathlib import Path
+
+    from ..training.config import TRAIN_CONFIG_FILE, TrainConfig
+
+    saved = Path(args.out) / TRAIN_CONFIG_FILE
+    if args.config:
+        cfg = TrainConfig.load(args.config)
+    elif args.resume and saved.is_file():
+        cfg = TrainConfig.load(saved)
+    else:
+        cfg = TrainConfig()
+    changes = {f: getattr(args, a) for a, f in _FIELDS.items() if getattr(args, a) is not None}
+    if args.no_augment:
+        changes["augment"] = False
+    if args.no_progress:
+        changes["progress"] = False
+    if args.no_tensorboard:
+        changes["tensorboard"] = False
+    for name in ("val_split", "test_split"):
+        v = getattr(args, name)
+        if v is not None:
+            changes[name] = None if v.lower() == "none" else v
+    if args.model_arg:
+        changes["model_overrides"] = {**cfg.model_overrides, **dict(args.model_arg)}
+    return cfg.replace(**changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..training.distributed import cleanup, init_from_env
+    from ..training.trainer import train
+
+    cfg = config_from_args(args)
+    if not cfg.data:
+        raise InputError(None, "--data is required (or a --config / saved run that names it)")
+    info, device = init_from_env(cfg.device)
+    if info.enabled:
+        cfg = cfg.replace(device=device)
+    log = (lambda msg: print(f"[train] {msg}", file=sys.stderr)) if info.is_main else None  # noqa: E731
+    try:
+        summary = train(cfg, args.out, resume=args.resume, dist_info=info, log=log)
+    finally:
+        cleanup(info)
+    if info.is_main:
+        if args.json:
+            print_json(summary)
+        else:
+            val = (summary.get("val") or {}).get("mF1")
+            test = (summary.get("test") or {}).get("mF1")
+            print(f"{summary['run']}: epochs {summary['epochs_done']}/{summary['epochs']}, best epoch {summary['best_epoch']}"
+                  + (f", val mF1 {val:.4f}" if val is not None else "") + (f", test mF1 {test:.4f}" if test is not None else ""))
+    return 0
+
+
+if __name__ == "__main__":  # torchrun -m histozoom.cli.train ...
+    from . import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
