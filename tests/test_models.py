@@ -25,7 +25,8 @@ B = 2
 # Different window per sample; the second one sticks out of the tissue image (zero fill).
 WINDOWS = torch.tensor([[0.375, 0.375, 0.25, 0.25], [0.70, -0.05, 0.40, 0.30]])
 FULL = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(B, 4)
-SMALL = dict(encoder_name="resnet18", decoder_channels=16)  # fast settings for sweeps
+SMALL = dict(encoder_name="resnet18", decoder_channels=16)  # fast settings
+TINY = dict(encoder_name="tu-test_resnet", decoder_channels=16)  # timm's tiny test ResNet
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -252,7 +253,7 @@ def test_all_64_sharing_configs_forward_backward():
     cell, tissue, _ = make_inputs((32, 32), (64, 64))
     for sharing in all_sharing_configs():
         torch.manual_seed(0)
-        model = build_model("feature-sharing", sharing=sharing, share_channels=4, **SMALL).train()
+        model = build_model("feature-sharing", sharing=sharing, share_channels=4, **TINY).train()
         out = model(cell, tissue, WINDOWS)
         assert out["cell_logits"].shape == (B, 3, 32, 32), sharing
         assert out["tissue_logits"].shape == (B, 2, 64, 64), sharing
@@ -282,6 +283,23 @@ def test_dropout2d_at_end_of_every_resnet_block(cell_p):
     blk.register_forward_hook(lambda _m, _a, y: got.__setitem__("block", y))
     model.cell.encoder(torch.randn(1, 3, 32, 32))
     assert got["block"] is got["drop"]
+
+
+def test_dropout2d_in_timm_resnet_blocks_and_local_timm_weights(tmp_path):
+    """``tu-`` (timm) ResNet encoders get the same block dropout and local weights."""
+    import timm
+    from timm.models.resnet import BasicBlock as TimmBasicBlock
+    from timm.models.resnet import Bottleneck as TimmBottleneck
+
+    sd = timm.create_model("test_resnet").state_dict()
+    path = tmp_path / "test_resnet.pth"
+    torch.save(sd, path)
+    model = build_model("pred-to-input", cell_dropout=0.3, encoder_weights=str(path), **TINY)
+    blocks = [m for m in model.cell.encoder.modules() if isinstance(m, (TimmBasicBlock, TimmBottleneck))]
+    assert blocks and all(isinstance(b.dropout, nn.Dropout2d) and b.dropout.p == 0.3 for b in blocks)
+    torch.testing.assert_close(model.cell.encoder.model.layer2[0].conv1.weight, sd["layer2.0.conv1.weight"])
+    cell, tissue, _ = make_inputs()
+    assert model(cell, tissue, WINDOWS)["cell_logits"].shape == (B, 3, 64, 64)
 
 
 def test_branch_without_extras_equals_smp_deeplabv3plus():

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--n-train", type=int, default=40, metavar="N", help="training pairs (default: 40)")
     p.add_argument("--n-val", type=int, default=10, metavar="N", help="validation pairs (default: 10)")
     p.add_argument("--n-test", type=int, default=10, metavar="N", help="test pairs (default: 10)")
-    p.add_argument("--cell-size", type=int, default=1024, metavar="PX", help="cell image side in pixels (default: 1024)")
+    p.add_argument("--cell-size", type=int, default=1024, metavar="PX",
+                   help="cell image side in pixels (default: 1024)")
     p.add_argument("--tissue-size", type=int, default=1024, metavar="PX",
                    help="tissue image side in pixels (default: 1024)")
     p.add_argument("--cell-mpp", type=float, default=0.2, metavar="UM", help="cell image µm/px (default: 0.2)")

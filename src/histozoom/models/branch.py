@@ -46,6 +46,9 @@ from segmentation_models_pytorch.base import initialization as smp_init
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import ASPP, SeparableConv2d
 from segmentation_models_pytorch.encoders import encoders as smp_encoders
 from segmentation_models_pytorch.encoders import get_encoder
+from segmentation_models_pytorch.encoders.timm_universal import TimmUniversalEncoder
+from timm.models.resnet import BasicBlock as TimmBasicBlock
+from timm.models.resnet import Bottleneck as TimmBottleneck
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..errors import InputError
@@ -63,26 +66,39 @@ class _BlockDropout:
 
 
 class DropoutBasicBlock(_BlockDropout, BasicBlock):
-    """``BasicBlock`` followed by ``dropout`` (``nn.Dropout2d``); same parameters and keys."""
+    """torchvision ``BasicBlock`` followed by ``dropout`` (``nn.Dropout2d``); same parameters and keys."""
 
 
 class DropoutBottleneck(_BlockDropout, Bottleneck):
-    """``Bottleneck`` followed by ``dropout`` (``nn.Dropout2d``); same parameters and keys."""
+    """torchvision ``Bottleneck`` followed by ``dropout`` (``nn.Dropout2d``); same parameters and keys."""
+
+
+class DropoutTimmBasicBlock(_BlockDropout, TimmBasicBlock):
+    """timm ``BasicBlock`` (``tu-`` ResNet encoders) followed by ``dropout``."""
+
+
+class DropoutTimmBottleneck(_BlockDropout, TimmBottleneck):
+    """timm ``Bottleneck`` (``tu-`` ResNet encoders) followed by ``dropout``."""
+
+
+_WITH_DROPOUT = {BasicBlock: DropoutBasicBlock, Bottleneck: DropoutBottleneck,
+                 TimmBasicBlock: DropoutTimmBasicBlock, TimmBottleneck: DropoutTimmBottleneck}
 
 
 def add_block_dropout(encoder: nn.Module, p: float) -> int:
-    """Append ``nn.Dropout2d(p)`` to every ResNet block (BasicBlock/Bottleneck) of ``encoder``.
+    """Append ``nn.Dropout2d(p)`` to every ResNet block (torchvision or timm BasicBlock /
+    Bottleneck) of ``encoder``.
 
     The block keeps its parameters and state-dict keys (the dropout has none). Returns
     the number of blocks changed; raises ``ValueError`` when ``p > 0`` and there are none.
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    blocks = [m for m in encoder.modules() if type(m) in (BasicBlock, Bottleneck)]
+    blocks = [m for m in encoder.modules() if type(m) in _WITH_DROPOUT]
     if p > 0 and not blocks:
         raise ValueError(f"{type(encoder).__name__} has no ResNet blocks to add dropout to")
     for m in blocks:
-        m.__class__ = DropoutBasicBlock if isinstance(m, BasicBlock) else DropoutBottleneck
+        m.__class__ = _WITH_DROPOUT[type(m)]
         m.dropout = nn.Dropout2d(p)
     return len(blocks)
 
@@ -115,13 +131,15 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     """Load a local state-dict file into a freshly built 3-input-channel ``encoder``.
 
     Accepts torchvision/timm-style ResNet state dicts (``conv1.weight``, ``layer1.0...``;
-    ``fc.*`` is dropped), optionally nested under ``state_dict``/``model`` or prefixed with
+    ``fc.*`` is dropped; for ``tu-`` encoders the keys of the timm model), optionally nested under ``state_dict``/``model`` or prefixed with
     ``module.``/``encoder.``; ``.safetensors`` or ``torch.save`` files. Any missing,
     unexpected or mis-shaped key raises :class:`~histozoom.errors.InputError` naming the file.
     """
     path = Path(path)
     sd = _read_state_dict(path)
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    if isinstance(encoder, TimmUniversalEncoder):  # timm keys live under .model
+        encoder = encoder.model
     own = encoder.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
