@@ -14,7 +14,7 @@ from histozoom.data.synthetic import (
     SYNTHETIC_JSON,
     SynthConfig,
     _solve_class_probabilities,
-    dataset_stats,
+    context_statistics,
     generate_pair,
     iter_synthetic_pairs,
     oracle_mf1,
@@ -140,7 +140,7 @@ def test_class_probability_solver():
 
 # ---------------------------------------------------------------- context preset statistics
 def test_context_class_region_statistics(context_pairs):
-    st = dataset_stats(context_pairs)
+    st = context_statistics(context_pairs)
     assert st["tc_in_ca"] == pytest.approx(0.9, abs=0.05)
     assert st["bc_outside_ca"] == pytest.approx(0.9, abs=0.05)
     assert 0.25 <= st["ca_pixel_fraction"] <= 0.55
@@ -238,7 +238,7 @@ def test_simple_preset_is_decidable_from_morphology():
     o = oracle_mf1(pairs)
     assert o["cell_view"]["mf1"] > 0.95
     assert o["region"]["mf1"] < 0.7
-    st = dataset_stats(pairs)
+    st = context_statistics(pairs)
     assert st["tc_in_ca"] < 0.7 and st["bc_outside_ca"] < 0.8
 
 

@@ -79,6 +79,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..atomic import write_json
+from ..metrics.detection import scores_from_counts
 from ..errors import InputError
 from ..geometry import Placement
 from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, UNKNOWN, Pair, Points
@@ -253,7 +254,7 @@ def _solve_class_probabilities(tc_in_ca: float, bc_out: float, q: float) -> tupl
 
 
 # ---------------------------------------------------------------------- noise fields
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Gaussian-filtered white noise, zero mean and unit sd (float32).
 
     Large ``sigma`` is filtered on a coarse grid and upsampled bilinearly; the grid is
@@ -474,7 +475,7 @@ def _tissue_mask(rng: np.random.Generator, ca: np.ndarray, w: int) -> np.ndarray
     band = max(1, int(round(0.02 * w)))
     m = ndimage.uniform_filter(ca.astype(np.float32), size=2 * band + 1, mode="nearest")
     near = (m > 1e-3) & (m < 1 - 1e-3)
-    blobs = _smooth_noise(rng, ca.shape, max(1.0, 0.08 * w))
+    blobs = smooth_noise(rng, ca.shape, max(1.0, 0.08 * w))
     patches = blobs > np.quantile(blobs, 1 - rng.uniform(0.005, 0.025))
     mask = np.where(ca, CA, BG).astype(np.uint8)
     mask[near | patches] = UNKNOWN
@@ -596,7 +597,7 @@ def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) ->
     q = float(np.clip(rng.normal(cfg.ca_fraction, 0.12), 0.15, 0.7)) if cfg.ca_fraction > 0 else 0.0
     want = _window_kind(rng, cfg)
     for attempt in range(_REGION_ATTEMPTS):
-        field_ = _smooth_noise(rng, (t, t), cfg.region_scale * w)
+        field_ = smooth_noise(rng, (t, t), cfg.region_scale * w)
         ca = field_ > np.quantile(field_, 1 - q) if q > 0 else np.zeros((t, t), bool)
         got = _place_window(rng, ca, w, want, strict=attempt < _REGION_ATTEMPTS - 1)
         if got is not None:
@@ -608,9 +609,9 @@ def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) ->
 
     # ---- stroma (eosin density) at the tissue scale
     t_um = cfg.tissue_mpp
-    low = _smooth_noise(rng, (t, t), 0.5 * w)
-    mid = _smooth_noise(rng, (t, t), 3.0 / t_um)
-    holes = _smooth_noise(rng, (t, t), 2.0 / t_um)
+    low = smooth_noise(rng, (t, t), 0.5 * w)
+    mid = smooth_noise(rng, (t, t), 3.0 / t_um)
+    holes = smooth_noise(rng, (t, t), 2.0 / t_um)
     e_t = (1 + 0.08 * low + 0.12 * mid) * (1 - 0.55 * np.clip((holes - 1.6) * 1.5, 0, 1))
     hb_t = h_bg * (1 + 0.3 * mid)
 
@@ -665,7 +666,7 @@ def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) ->
 
     # ---- tissue view
     block = fine.reshape(w, f, w, f).mean(axis=(1, 3))
-    res = _smooth_noise(rng, (t, t), 0.6) * float(block.std())
+    res = smooth_noise(rng, (t, t), 0.6) * float(block.std())
     e_full = e_t * (1 + res) * (1 - 0.85 * lumen) + 0.35 * rim
     h_t = hb_t * (1 - lumen) + rim * 0.8 * (0.75 + 0.25 * np.clip(mid, -1, 1))
     sel_t = alive  # the window interior is then replaced by the shrunk cell view
@@ -727,7 +728,7 @@ def write_synthetic_dataset(out_dir: str | Path, cfg: SynthConfig, overwrite: bo
     """Write the dataset of ``cfg`` in the OCELOT release layout and return its root.
 
     Besides the release files, ``synthetic.json`` holds the config and the statistics of
-    :func:`dataset_stats` and :func:`oracle_mf1` per split and overall. An existing
+    :func:`context_statistics` and :func:`oracle_mf1` per split and overall. An existing
     non-empty ``out_dir`` is an error unless ``overwrite`` (then only the release files
     and ``synthetic.json`` are replaced).
     """
@@ -807,7 +808,7 @@ def _stats(items: Sequence[dict]) -> dict:
     }
 
 
-def dataset_stats(pairs: Iterable[Pair]) -> dict:
+def context_statistics(pairs: Iterable[Pair]) -> dict:
     """Class–region statistics of pairs with points and tissue masks.
 
     ``tc_in_ca``: share of TC whose tissue label is CA (cells on unknown pixels left
@@ -819,15 +820,13 @@ def dataset_stats(pairs: Iterable[Pair]) -> dict:
 
 
 def _mf1_counts(y: np.ndarray, pred: np.ndarray) -> dict:
-    out = {}
-    for name, k in (("BC", BC), ("TC", TC)):
-        tp = int(np.sum((pred == k) & (y == k)))
-        fp = int(np.sum((pred == k) & (y != k)))
-        fn = int(np.sum((pred != k) & (y == k)))
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        out[name] = {"precision": p, "recall": r, "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0}
-    out["mf1"] = (out["BC"]["f1"] + out["TC"]["f1"]) / 2
+    """Per-class P/R/F1 and mF1 of cell labels ``pred`` against ``y`` (one prediction per cell)."""
+    counts = np.array([[np.sum((pred == k) & (y == k)), np.sum((pred == k) & (y != k)), np.sum(y == k)]
+                       for k in (BC, TC)])
+    s = scores_from_counts(counts)
+    out = {name: {"precision": float(s["precision"][i]), "recall": float(s["recall"][i]), "f1": float(s["f1"][i])}
+           for i, name in enumerate(("BC", "TC"))}
+    out["mf1"] = float(s["mf1"])
     return out
 
 

@@ -42,7 +42,7 @@ from scipy.spatial import cKDTree
 
 from ...atomic import write_json
 from ...errors import InputError
-from ..synthetic import _smooth_noise
+from ..synthetic import smooth_noise
 from .readers import CCRCC, NucleiClassScheme, NucleiSample, write_class_file, write_nuclei_sample
 
 __all__ = [
@@ -288,7 +288,7 @@ def generate_sample(cfg: NucleiSynthConfig, rng: np.random.Generator, sample_id:
     inst_class = {int(i): nuclei[i - 1].cls for i in present}
 
     # ---- hematoxylin: nuclei with chromatin texture; overlaps darker
-    chrom = _smooth_noise(rng, shape, cfg.chromatin_um * px)
+    chrom = smooth_noise(rng, shape, cfg.chromatin_um * px)
     grain = rng.standard_normal(shape).astype(np.float32)
     dark = np.zeros(len(nuclei) + 1, np.float32)
     dark[1:] = [n.darkness for n in nuclei]
@@ -319,7 +319,7 @@ def generate_sample(cfg: NucleiSynthConfig, rng: np.random.Generator, sample_id:
     fg = inst > 0
     near_fg = ndimage.binary_dilation(fg, iterations=1)
     eos += (0.16 + 0.05 * rng.standard_normal()) * np.clip(
-        1 + 0.5 * _smooth_noise(rng, shape, 2.0 * px) + 0.25 * _smooth_noise(rng, shape, 0.5 * px), 0.1, None
+        1 + 0.5 * smooth_noise(rng, shape, 2.0 * px) + 0.25 * smooth_noise(rng, shape, 0.5 * px), 0.1, None
     ) * ~fg
     endo_id = cfg.scheme.classes.id("endothelial") if "endothelial" in cfg.scheme.classes.names else None
     seeds = [(n.cx, n.cy) for n in nuclei if n.cls != endo_id]
@@ -329,7 +329,7 @@ def generate_sample(cfg: NucleiSynthConfig, rng: np.random.Generator, sample_id:
     if len(seeds) >= 2:
         d, _ = cKDTree(np.array(seeds)).query(np.column_stack([xx.ravel(), yy.ravel()]), k=2)
         gap = (d[:, 1] - d[:, 0]).reshape(shape).astype(np.float32)
-        memb = np.exp(-((gap / 1.6) ** 2)) * (1 + 0.3 * _smooth_noise(rng, shape, 3.0))
+        memb = np.exp(-((gap / 1.6) ** 2)) * (1 + 0.3 * smooth_noise(rng, shape, 3.0))
         eos += 0.6 * np.clip(memb, 0, None) * ~near_fg
     for n in nuclei:
         if n.cls != endo_id:
