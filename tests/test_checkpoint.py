@@ -17,16 +17,6 @@ WINDOWS = torch.tensor([[0.375, 0.375, 0.25, 0.25], [0.1, 0.5, 0.3, 0.3]])
 SMALL = dict(encoder_name="resnet18", decoder_channels=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread is as fast as two and immune to OpenMP barrier stalls when
-    # the machine is shared (measured: 26 s vs 260 s for the 64-config sweep under load).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _inputs():
     g = torch.Generator().manual_seed(1)
     cell = torch.randn(2, 3, 64, 64, generator=g)

@@ -29,16 +29,6 @@ SMALL = dict(encoder_name="resnet18", decoder_channels=16)  # fast settings
 TINY = dict(encoder_name="tu-test_resnet", decoder_channels=16)  # timm's tiny test ResNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread is as fast as two and immune to OpenMP barrier stalls when
-    # the machine is shared (measured: 26 s vs 260 s for the 64-config sweep under load).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_inputs(cell_hw=(64, 64), tissue_hw=(64, 64), seed=0):
     g = torch.Generator().manual_seed(seed)
     cell = torch.randn(B, 3, *cell_hw, generator=g)

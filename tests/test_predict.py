@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+from conftest import write_tiny_synthetic
 from histozoom.cli import main
 from histozoom.data.challenge_json import read_challenge_json
 from histozoom.data.gc_container import write_container
 from histozoom.data.open import open_dataset
-from histozoom.data.synthetic import SynthConfig, write_synthetic_dataset
 from histozoom.evaluation import evaluate
 from histozoom.geometry import Placement, tissue_to_cell
 from histozoom.inference.decode import PeakConfig
@@ -35,21 +34,10 @@ from histozoom.pair import OCELOT_CELL_CLASSES, Pair, Points
 TINY = {"encoder_name": "tu-test_resnet", "decoder_channels": 16, "cell_dropout": 0.0, "tissue_dropout": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data64(tmp_path_factory):
     root = tmp_path_factory.mktemp("pdata") / "simple64"
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        write_synthetic_dataset(root, SynthConfig(preset="simple", cell_size=64, tissue_size=64, n_train=4, n_val=2, n_test=2))
-    return root
+    return write_tiny_synthetic(root)
 
 
 class SpotModel(nn.Module):

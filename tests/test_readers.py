@@ -1,7 +1,6 @@
 """Readers on the real files and on generated datasets in each layout, and bad input."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest

@@ -5,23 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
-import torch
 
-from histozoom.data.synthetic import SynthConfig, write_synthetic_dataset
+from conftest import write_tiny_synthetic
 from histozoom.errors import InputError
 from histozoom.training.config import TrainConfig
 from histozoom.training.experiment import (
     Experiment,
     ExperimentConfig,
-    aggregate_runs,
     format_ci,
     mean_ci,
-    table5,
-    table6,
 )
 from histozoom.training.trainer import Trainer, derive_seed, param_groups, train
 
@@ -29,24 +24,11 @@ TINY = {"encoder_name": "tu-test_resnet", "decoder_channels": 16}
 """A ~0.4 M parameter branch (timm's test ResNet); its blocks take no dropout."""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data64(tmp_path_factory):
     """The brief's tiny dataset, at 0.4 µm/px so that each 64 px image holds a few cells."""
     root = tmp_path_factory.mktemp("data") / "simple64"
-    cfg = SynthConfig(preset="simple", cell_size=64, tissue_size=64, n_train=4, n_val=2, n_test=2,
-                      cell_mpp=0.4, tissue_mpp=1.6, seed=3)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        write_synthetic_dataset(root, cfg)
-    return root
+    return write_tiny_synthetic(root, cell_mpp=0.4, tissue_mpp=1.6, seed=3)
 
 
 def tiny_cfg(data, **kw) -> TrainConfig:
