@@ -41,7 +41,7 @@ challenge's metric; it is an upper bound on TP for the same radius.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
@@ -50,6 +50,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from .counts import PerImageCounts
 from ..pair import OCELOT_CELL_CLASSES, ClassSet, Points
 
 MatchMode = Literal["challenge", "hungarian"]
@@ -287,28 +288,14 @@ class DetectionScores:
 
 
 @dataclass
-class DetectionCounts:
+class DetectionCounts(PerImageCounts):
     """Per-image, per-class counts ``(n_images, n_classes, 3)`` = ``[tp, fp, n_gt]``.
 
     Everything else (pooled scores, per-organ scores, bootstrap) is computed from these.
-    ``images``: the image index of each row; ``names``: a display name per row.
     """
 
-    counts: np.ndarray
-    classes: ClassSet
-    images: list[int]
-    names: list[str] = field(default_factory=list)
     mode: str = "challenge"
     radius: float = 15.0
-
-    def __post_init__(self):
-        self.counts = np.asarray(self.counts, dtype=np.int64).reshape(len(self.images), len(self.classes), 3)
-        if not self.names:
-            self.names = [f"image_{k}" for k in self.images]
-
-    @property
-    def totals(self) -> np.ndarray:
-        return self.counts.sum(axis=0)
 
     def scores(self) -> DetectionScores:
         return DetectionScores.from_totals(self.totals, self.classes)

@@ -15,11 +15,12 @@ not a class id (e.g. 0 or 255) on a valid pixel counts as a miss for the true cl
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from .counts import PerImageCounts
 from ..pair import OCELOT_TISSUE_CLASSES, ClassSet
 
 INTER, PRED, GT = 0, 1, 2
@@ -67,22 +68,8 @@ def segmentation_scores(counts: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @dataclass
-class SegmentationCounts:
+class SegmentationCounts(PerImageCounts):
     """Per-image counts ``(n_images, n_classes, 3)`` = ``[intersection, predicted, gt]``."""
-
-    counts: np.ndarray
-    classes: ClassSet
-    images: list[int]
-    names: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.counts = np.asarray(self.counts, dtype=np.int64).reshape(len(self.images), len(self.classes), 3)
-        if not self.names:
-            self.names = [f"image_{k}" for k in self.images]
-
-    @property
-    def totals(self) -> np.ndarray:
-        return self.counts.sum(axis=0)
 
     def scores(self) -> dict:
         s = segmentation_scores(self.totals)
