@@ -243,3 +243,21 @@ def test_tiny_experiment_end_to_end(data64, tmp_path):
     m = res["models"]["cell-only"]
     assert len(m["runs"]) == 2 and m["test"]["n"] == 2
     assert (tmp_path / "e" / "results.json").is_file()
+
+
+def test_label_leaking_refuses_non_contiguous_tissue_ids(tmp_path):
+    """Leaked labels are one-hot as id k+1 -> channel k; other id sets get a clear error."""
+    from conftest import make_pair
+    from histozoom.data.base import DatasetSpec
+    from histozoom.data.own_layout import write_own_dataset
+    from histozoom.pair import OCELOT_CELL_CLASSES, ClassSet
+
+    rng = np.random.default_rng(0)
+    pairs = [make_pair(rng, cell_size=(64, 64), tissue_size=(64, 64), pid=f"p{i}") for i in range(2)]
+    for p in pairs:
+        p.tissue_mask[p.tissue_mask == 2] = 3
+    spec = DatasetSpec(OCELOT_CELL_CLASSES, ClassSet(("BG", "CA"), (1, 3), ignore=255))
+    write_own_dataset(tmp_path / "d", spec, {"train": pairs[:1], "val": pairs[1:]})
+    cfg = tiny_cfg(tmp_path / "d", model="tissue-label-leaking", epochs=1, test_split=None)
+    with pytest.raises(InputError, match=r"label leaking needs tissue class ids 1\.\.2, got \[1, 3\]"):
+        train(cfg, tmp_path / "run")

@@ -260,6 +260,9 @@ class Trainer:
             len(self.spec.cell_classes), len(tc) if tc is not None else None))
         if (self.model_config.tissue_branch or self.model_config.leak_tissue_labels) and tc is None:
             raise InputError(self.cfg.data, f"model {self.cfg.model!r} needs tissue annotations; the dataset has no tissue classes")
+        if self.model_config.leak_tissue_labels and tuple(tc.ids) != tuple(range(1, len(tc) + 1)):
+            # the model one-hots leaked labels as id k + 1 -> channel k (models.cell_tissue.tissue_index)
+            raise InputError(self.cfg.data, f"label leaking needs tissue class ids 1..{len(tc)}, got {list(tc.ids)}")
         mc = self.model_config
         tissue_weight = self.cfg.tissue_weight if (mc.tissue_branch and mc.tissue_supervised) else 0.0
         self.loss_fn = CellTissueLoss(self.spec.cell_classes, tc, self.cfg.cell_weight, tissue_weight,
