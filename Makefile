@@ -21,8 +21,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# CPU-sized runs of every benchmark (each prints ratios measured in one run); run a
+# script directly for full sizes, e.g. `.venv/bin/python bench/bench_models.py --device cuda`.
 bench: $(STAMP)
-	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/bench_data.py
+	$(BIN)/python bench/bench_evaluation.py
+	$(BIN)/python bench/bench_instances.py
+	$(BIN)/python bench/bench_models.py --size 256 --threads 1
+	$(BIN)/python bench/bench_training.py --size 256 --threads 1
 
 clean:
 	rm -rf $(VENV) demo_out
