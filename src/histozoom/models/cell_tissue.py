@@ -59,6 +59,7 @@ import torch
 import torch.nn as nn
 
 from ..geometry import Placement, cell_to_tissue, tissue_to_cell, window_tensor
+from ..config_fields import check_fields
 from .branch import POSITIONS, DeepLabBranch, StagedRun
 from .unet import UNetBranch
 
@@ -200,18 +201,12 @@ class CellTissueConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CellTissueConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown CellTissueConfig fields {unknown}; known: {sorted(names)}")
+        check_fields(cls, d)
         return cls(**d)
 
     def replace(self, **changes: Any) -> "CellTissueConfig":
         """A copy with ``changes``; an unknown field raises ``ValueError`` listing the fields."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown CellTissueConfig fields {unknown}; known: {sorted(names)}")
+        check_fields(self, changes)
         return dataclasses.replace(self, **changes)
 
     def build(self, pretrained: bool = True) -> "CellTissueModel":

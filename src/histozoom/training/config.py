@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 from ..atomic import write_json
 from ..errors import InputError
+from ..config_fields import check_fields
 
 TRAIN_CONFIG_FILE = "train_config.json"
 
@@ -182,17 +183,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(names)}")
+        check_fields(cls, d)
         return cls(**dict(d))
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(names)}")
+        check_fields(self, changes)
         return dataclasses.replace(self, **changes)
 
     def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = RUNTIME_FIELDS) -> dict[str, tuple[Any, Any]]:
