@@ -137,7 +137,7 @@ def test_run_writes_checkpoint_log_and_test_scores(data64, tmp_path):
     assert sum(s["test"]["organ_images"].values()) == 2
     row = read_log(run)[0]
     assert {"epoch", "lr_cell", "lr_tissue", "train_loss", "train_cell_dice_loss", "train_tissue_dice_loss",
-            "val_mF1", "val_F1_BC", "val_F1_TC", "train_time_s"} <= set(row)
+            "val_mF1", "val_f1_BC", "val_f1_TC", "train_time_s"} <= set(row)
 
 
 # ---------------------------------------------------------------------- experiments

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import _pick_split
     from ..inference.decode import PeakConfig
     from ..inference.predictor import Predictor, pair_from_images
-    from ..training.trainer import resolve_device
+    from ..training.loop import resolve_device
 
     if not (args.out or args.csv or args.table):
         raise InputError(None, "give at least one output: --out P.json, --csv DIR or --table T.csv")

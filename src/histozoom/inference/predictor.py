@@ -33,7 +33,7 @@ import csv
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,6 @@ STRIDE = 16
 DIHEDRAL: tuple[tuple[bool, int], ...] = tuple((f, k) for f in (False, True) for k in range(4))
 """``(flip_lr, rot90_k)`` of the 8 TTA transforms; the first is the identity."""
 
-CHECKPOINT_NAME = "best.ckpt"
 """The checkpoint directory a training run leaves in its folder (``save_pretrained`` layout)."""
 
 
@@ -328,13 +327,9 @@ class Predictor:
         ``best.ckpt``) or a ``save_pretrained`` folder. ``size="train"`` (default) predicts
         at the size the model was trained at (recorded in the checkpoint); ``None`` at the
         stored size; an int at that size. Peak settings default to the training run's."""
-        from ..models.checkpoint import CONFIG_FILE, from_pretrained, load_config
+        from ..models.checkpoint import from_pretrained, load_config, resolve_checkpoint
 
-        path = Path(path)
-        ckpt = path / CHECKPOINT_NAME if (path / CHECKPOINT_NAME / CONFIG_FILE).is_file() else path
-        if not (ckpt / CONFIG_FILE).is_file():
-            raise InputError(path, f"no checkpoint here (expected {CHECKPOINT_NAME}/{CONFIG_FILE} of a training run, "
-                                   f"or {CONFIG_FILE} + model.safetensors)")
+        ckpt = resolve_checkpoint(path)
         _, meta = load_config(ckpt)
         extra = meta.get("extra") or {}
         model = from_pretrained(ckpt, map_location=device)

@@ -115,27 +115,30 @@ def instances_from_maps(binary_prob, distance, cfg: WatershedConfig | None = Non
     """Instance map ``(H, W)`` int32 (ids ``1..n`` in raster order, 0 = background).
 
     ``binary_prob``: foreground probability; ``distance``: predicted distance map (larger
-    towards nucleus centres, e.g. normalised to 1 at each centre).
+    towards nucleus centres, e.g. normalised to 1 at each centre), or ``None`` for a model
+    without one (CHR-Net's SHR/MHR ablations, the 5-class U-Net baseline): then each
+    connected foreground component is one instance.
     """
-    from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed
 
     cfg = cfg or WatershedConfig()
     p = _as_map(binary_prob, "binary_prob")
-    d = _as_map(distance, "distance")
-    if p.shape != d.shape:
-        raise InputError(None, f"binary_prob {p.shape} and distance {d.shape} differ in shape")
     mask = p > cfg.fg_threshold
-    if not mask.any():
-        return np.zeros(p.shape, np.int32)
-    markers = _markers(d, mask, cfg)
     conn = ndimage.generate_binary_structure(2, cfg.connectivity)
-    inst = watershed(-d, markers=markers, mask=mask, connectivity=conn)
-    if cfg.min_size > 1:
-        try:  # scikit-image >= 0.26: max_size removes objects of size <= max_size
-            inst = remove_small_objects(inst, max_size=cfg.min_size - 1)
-        except TypeError:
-            inst = remove_small_objects(inst, min_size=cfg.min_size)
+    if distance is None:
+        inst = ndimage.label(mask, structure=conn)[0]
+    else:
+        d = _as_map(distance, "distance")
+        if p.shape != d.shape:
+            raise InputError(None, f"binary_prob {p.shape} and distance {d.shape} differ in shape")
+        if not mask.any():
+            return np.zeros(p.shape, np.int32)
+        inst = watershed(-d, markers=_markers(d, mask, cfg), mask=mask, connectivity=conn)
+    if cfg.min_size > 1 and inst.max() > 0:
+        sizes = np.bincount(inst.ravel())
+        small = sizes < cfg.min_size
+        small[0] = False
+        inst = np.where(small[inst], 0, inst)
     return relabel_instances(inst.astype(np.int32))
 
 

@@ -30,6 +30,8 @@ from ..errors import InputError
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "histozoom-model/1"
+BEST_CHECKPOINT = "best.ckpt"
+"""A training run keeps its best-validation model in ``RUN/best.ckpt/``."""
 
 
 def config_type_name(config: Any) -> str:
@@ -112,3 +114,15 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     except RuntimeError as err:
         raise InputError(path, f"weights do not fit the config's model: {err}") from err
     return model.to(map_location).eval()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder for ``path``: a training run folder (its ``best.ckpt``) or a
+    :func:`save_pretrained` folder itself."""
+    path = Path(path)
+    if (path / BEST_CHECKPOINT / CONFIG_FILE).is_file():
+        return path / BEST_CHECKPOINT
+    if not (path / CONFIG_FILE).is_file():
+        raise InputError(path, f"no checkpoint here (expected {BEST_CHECKPOINT}/{CONFIG_FILE} of a training run, "
+                               f"or {CONFIG_FILE} + {WEIGHTS_FILE})")
+    return path

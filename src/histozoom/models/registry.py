@@ -1,6 +1,7 @@
 """Model variants by name (timm-style ``@register_model``): a name maps to a function that
-returns a :class:`~histozoom.models.cell_tissue.CellTissueConfig`; a new variant is a new
-config, never a copy of model code.
+returns a model config (:class:`~histozoom.models.cell_tissue.CellTissueConfig`,
+:class:`~histozoom.models.chrnet.ChrNetConfig`, or any :class:`ModelConfig`); a new
+variant is a new config, never a copy of model code.
 
 >>> model = build_model("pred-to-inter-2", cell_dropout=0.3)
 >>> model = build_model("feature-sharing", sharing=("t2c", "none", "both"))
@@ -10,18 +11,43 @@ Registered (OCELOT paper names): ``cell-only``, ``unet-cell-only`` (supplement C
 ``pred-to-output``, ``feature-sharing``, and the Table 7 ablations
 ``{pred-to-inter-2, feature-sharing}-no-large-fov`` (tissue labels without large FoV) and
 ``{...}-no-tissue-labels`` (large FoV without tissue labels).
+
+Nuclei family (CHR-Net paper names, Tables 1–2): ``chrnet`` (the full model = MHR+WDist),
+``chrnet-shr`` (one HRFE, no segmentation branch), ``chrnet-mhr`` (two HRFEs, no
+segmentation), ``chrnet-mhr-udist`` (+ U-Net distance regression),
+``chrnet-mhr-wdist`` (+ W-Net; same config as ``chrnet``) and ``unet-nuclei`` (the
+5-class U-Net baseline). ``list_models()`` lists the cell–tissue family (as before);
+``list_models("nuclei")`` the nuclei family, ``list_models(None)`` all of them.
+
+>>> model = build_model("chrnet", encoder_name="resnet18", hrfe_channels=(16, 32, 64))
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch.nn as nn
 
 from .cell_tissue import CellTissueConfig
+from .chrnet import ChrNetConfig
 
-ConfigBuilder = Callable[[], CellTissueConfig]
+
+class ModelConfig(Protocol):
+    """What the registry needs of a config: ``replace(**fields)`` and ``build()``."""
+
+    def replace(self, **changes: Any) -> "ModelConfig": ...
+
+    def build(self, pretrained: bool = True) -> nn.Module: ...
+
+
+ConfigBuilder = Callable[[], ModelConfig]
 _BUILDERS: dict[str, ConfigBuilder] = {}
+_FAMILIES: dict[str, str] = {}
+
+FAMILIES: tuple[str, ...] = ("cell-tissue", "nuclei")
+"""Model families: "cell-tissue" (OCELOT, :class:`CellTissueConfig`; input cell/tissue
+views) and "nuclei" (CHR-Net, :class:`ChrNetConfig`; input one image). Variants of one
+family share a config class, a forward signature and a trainer."""
 
 PRED_TO_POSITIONS = {
     "pred-to-input": "input",
@@ -37,24 +63,40 @@ not stated in its text; exchanges in both directions at all three positions is o
 reading of the figure — override ``sharing`` to reproduce a search result."""
 
 
-def register_model(name: str) -> Callable[[ConfigBuilder], ConfigBuilder]:
+def register_model(name: str, family: str = "cell-tissue") -> Callable[[ConfigBuilder], ConfigBuilder]:
     """Decorator registering a zero-argument function that returns the variant's config."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
 
     def decorator(fn: ConfigBuilder) -> ConfigBuilder:
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is already registered")
         _BUILDERS[name] = fn
+        _FAMILIES[name] = family
         return fn
 
     return decorator
 
 
-def list_models() -> list[str]:
-    """Registered names, in registration order."""
-    return list(_BUILDERS)
+def list_models(family: str | None = "cell-tissue") -> list[str]:
+    """Registered names of ``family`` (``None``: every family), in registration order.
+
+    The default is the cell–tissue (OCELOT) family, whose variants all take the same
+    inputs and overrides, as before the nuclei family existed.
+    """
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+    return [n for n in _BUILDERS if family is None or _FAMILIES[n] == family]
 
 
-def get_config(name: str, **overrides: Any) -> CellTissueConfig:
+def model_family(name: str) -> str:
+    """The family ``name`` was registered in (``KeyError`` for an unknown name)."""
+    if name not in _FAMILIES:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(_BUILDERS)}")
+    return _FAMILIES[name]
+
+
+def get_config(name: str, **overrides: Any) -> ModelConfig:
     """The config of variant ``name`` with ``overrides`` applied (``name`` is set to the key)."""
     if name not in _BUILDERS:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(_BUILDERS)}")
@@ -103,3 +145,37 @@ def _register_ablations(base: str) -> None:
 
 for _base in ("pred-to-inter-2", "feature-sharing"):
     _register_ablations(_base)
+
+
+# ---------------------------------------------------------------------- the nuclei family (CHR-Net)
+# Listed by list_models("nuclei"); one image in, the dict of histozoom.models.chrnet out.
+@register_model("chrnet", family="nuclei")
+def _chrnet() -> ChrNetConfig:
+    """The full CHR-Net: two HRFEs (MHR) + W-Net distance branch (WDist)."""
+    return ChrNetConfig()
+
+
+@register_model("chrnet-shr", family="nuclei")
+def _chrnet_shr() -> ChrNetConfig:
+    return ChrNetConfig(classification="single", segmentation="none")
+
+
+@register_model("chrnet-mhr", family="nuclei")
+def _chrnet_mhr() -> ChrNetConfig:
+    return ChrNetConfig(classification="two-task", segmentation="none")
+
+
+@register_model("chrnet-mhr-udist", family="nuclei")
+def _chrnet_mhr_udist() -> ChrNetConfig:
+    return ChrNetConfig(classification="two-task", segmentation="udist")
+
+
+@register_model("chrnet-mhr-wdist", family="nuclei")
+def _chrnet_mhr_wdist() -> ChrNetConfig:
+    return ChrNetConfig(classification="two-task", segmentation="wnet")
+
+
+@register_model("unet-nuclei", family="nuclei")
+def _unet_nuclei() -> ChrNetConfig:
+    """Table 1's U-Net with a 5-channel output (background + 4 classes), plain ResNet encoder."""
+    return ChrNetConfig(architecture="unet", classification="single", segmentation="none", global_context=False)

@@ -38,8 +38,72 @@ RUNTIME_FIELDS = ("device", "num_workers", "progress", "tensorboard", "stop_afte
 change them. Every other field must match the saved config."""
 
 
+class RunConfigIO:
+    """JSON round trip, strict ``replace`` and resume comparison for run-config dataclasses
+    (tuples become lists in JSON; ``__post_init__`` of the dataclass turns them back).
+    The dataclass must have the fields checked in :meth:`common_problems`."""
+
+    epochs: int
+    milestones: tuple[float, ...]
+
+    def milestone_epochs(self) -> list[int]:
+        """Epoch counts after which the LR is multiplied by ``gamma`` (60 %, 80 % of 300 → 180, 240)."""
+        return sorted({max(1, int(round(m * self.epochs))) for m in self.milestones})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        check_fields(cls, d)
+        return cls(**dict(d))
+
+    def replace(self, **changes: Any):
+        check_fields(self, changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def differences(self, other, ignore: tuple[str, ...] = RUNTIME_FIELDS) -> dict[str, tuple[Any, Any]]:
+        """``{field: (self's, other's)}`` for fields that differ (``ignore`` left out)."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path):
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(path, "training config not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(path, f"not valid JSON ({e})") from e
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise InputError(path, f"bad training config: {e}") from e
+
+    def common_problems(self):
+        """Checks of the fields every run config has (``epochs, batch_size, lr,
+        weight_decay, milestones, gamma, num_workers, bn_recalibration, stop_after``)."""
+        c: Any = self
+        checks = [
+            (c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}"),
+            (c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
+            (c.lr > 0, f"lr must be > 0, got {c.lr}"),
+            (c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}"),
+            (all(0 < m <= 1 for m in c.milestones), f"milestones are fractions of the epochs in (0, 1], got {c.milestones}"),
+            (0 < c.gamma <= 1, f"gamma must be in (0, 1], got {c.gamma}"),
+            (c.num_workers is None or c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}"),
+            (c.bn_recalibration >= 0, f"bn_recalibration must be >= 0, got {c.bn_recalibration}"),
+            (c.stop_after is None or c.stop_after >= 1, f"stop_after must be >= 1, got {c.stop_after}"),
+        ]
+        return [msg for ok, msg in checks if not ok]
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfigIO):
     """Everything that defines a training run (JSON-serialisable).
 
     Data: ``data`` (any folder :func:`~histozoom.data.open.open_dataset` reads),
@@ -124,32 +188,15 @@ class TrainConfig:
             raise ValueError("TrainConfig: " + "; ".join(problems))
 
     def _problems(self):
-        if self.epochs < 1:
-            yield f"epochs must be >= 1, got {self.epochs}"
-        if self.batch_size < 1:
-            yield f"batch_size must be >= 1, got {self.batch_size}"
+        yield from self.common_problems()
         if self.size is not None and (self.size < 16 or self.size % 16):
             yield f"size must be a multiple of 16 (the models' stride), got {self.size}"
-        if not self.lr > 0:
-            yield f"lr must be > 0, got {self.lr}"
         if not self.cell_lr_ratio > 0:
             yield f"cell_lr_ratio must be > 0, got {self.cell_lr_ratio}"
-        if self.weight_decay < 0:
-            yield f"weight_decay must be >= 0, got {self.weight_decay}"
-        if any(not 0 < m <= 1 for m in self.milestones):
-            yield f"milestones are fractions of the epochs in (0, 1], got {self.milestones}"
-        if not 0 < self.gamma <= 1:
-            yield f"gamma must be in (0, 1], got {self.gamma}"
         for name in ("cell_dropout", "tissue_dropout"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < 1:
                 yield f"{name} must be in [0, 1), got {v}"
-        if self.num_workers is not None and self.num_workers < 0:
-            yield f"num_workers must be >= 0, got {self.num_workers}"
-        if self.bn_recalibration < 0:
-            yield f"bn_recalibration must be >= 0, got {self.bn_recalibration}"
-        if self.stop_after is not None and self.stop_after < 1:
-            yield f"stop_after must be >= 1, got {self.stop_after}"
 
     # ------------------------------------------------------------------ derived
     def model_kwargs(self, n_cell_classes: int | None = None, n_tissue_classes: int | None = None) -> dict[str, Any]:
@@ -170,44 +217,3 @@ class TrainConfig:
             kw["tissue_input"] = "cell"
         kw.update(self.model_overrides)
         return kw
-
-    def milestone_epochs(self) -> list[int]:
-        """Epoch counts after which the LR is multiplied by ``gamma`` (60 %, 80 % of 300 → 180, 240)."""
-        return sorted({max(1, int(round(m * self.epochs))) for m in self.milestones})
-
-    # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        check_fields(cls, d)
-        return cls(**dict(d))
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        check_fields(self, changes)
-        return dataclasses.replace(self, **changes)
-
-    def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = RUNTIME_FIELDS) -> dict[str, tuple[Any, Any]]:
-        """``{field: (self's, other's)}`` for fields that differ (``ignore`` left out)."""
-        a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
-
-    def save(self, path: str | Path) -> None:
-        write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(path, "training config not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(path, f"not valid JSON ({e})") from e
-        try:
-            return cls.from_dict(d)
-        except (TypeError, ValueError) as e:
-            raise InputError(path, f"bad training config: {e}") from e

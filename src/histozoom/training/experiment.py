@@ -39,7 +39,6 @@ standard deviation (ddof = 1); undefined (``None``) for fewer than two runs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import traceback
 from dataclasses import dataclass, field

@@ -1,0 +1,275 @@
+"""``histozoom nuclei``: nuclei instance segmentation and classification (CHR-Net tasks).
+
+Examples::
+
+    histozoom nuclei synth TILES --n 100
+    histozoom nuclei train --data TILES --model chrnet --out RUN --epochs 50
+    histozoom nuclei predict --checkpoint RUN --input TILES --split test --out PRED
+    histozoom nuclei evaluate --pred PRED_DIR --gt GT_DIR
+    histozoom nuclei evaluate --pred PRED_DIR --gt CoNSeP/Test --classes consep --json
+    histozoom nuclei evaluate --pred P --gt G --classes classes.json --missing empty --out results
+
+Sub-subcommands are registered by the functions in :data:`REGISTRARS`: each takes the
+``nuclei`` sub-parsers action, adds one parser and sets ``func(args) -> int``. To add a
+sub-subcommand (e.g. ``train``, ``predict``), write ``_register_NAME(nsub)`` and a
+``_run_NAME(args)`` and append the registrar to :data:`REGISTRARS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from ._common import print_json
+
+
+def _log(cmd: str, msg: str) -> None:
+    print(f"[nuclei {cmd}] {msg}", file=sys.stderr)
+
+
+# ====================================================================== evaluate
+def _match_iou(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0.5 <= v < 1.0):
+        raise argparse.ArgumentTypeError(f"must be in [0.5, 1) so that matches are unique, got {v}")
+    return v
+
+
+def _register_evaluate(nsub: argparse._SubParsersAction) -> None:
+    from ..nuclei_evaluation import MISSING_MODES
+
+    p = nsub.add_parser(
+        "evaluate",
+        help="score nuclei instance maps: Dice, AJI, AJI+, DQ/SQ/PQ, per-class PQ and aPQ",
+        description=(
+            "Score predicted nuclei label files against ground-truth files of the same names: "
+            "CoNSeP-style .mat with inst_map and type_map and/or inst_type (a CoNSeP root with masks/ works too; "
+            ".npy instance maps, optionally (H, W, 2) with a type map, are accepted). Overall scores are given "
+            "as the mean over images (HoVer-Net convention) and pooled over the dataset."
+        ),
+    )
+    p.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label files (.mat)")
+    p.add_argument("--gt", required=True, metavar="DIR", help="folder of ground-truth label files (.mat) of the same names")
+    p.add_argument("--classes", metavar="FILE",
+                   help="class names file (a list of names, {id: name}, or {'classes': ...}; JSON or YAML) or 'consep'; "
+                        "fixes the scored classes. Default: every class id found in the data, named by its id")
+    p.add_argument("--match-iou", type=_match_iou, default=0.5, metavar="T",
+                   help="PQ true positives need IoU > T (default %(default)s; in [0.5, 1))")
+    p.add_argument("--missing", choices=MISSING_MODES, default="error",
+                   help="a ground-truth file without a prediction: error (default) or score it as an empty prediction")
+    p.add_argument("--out", metavar="DIR", help="write scores.json and per_image.csv here")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of tables")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from ..nuclei_evaluation import evaluate_nuclei
+
+    ev = evaluate_nuclei(args.pred, args.gt, classes=args.classes, match_iou=args.match_iou, missing=args.missing)
+    if args.out:
+        for path in ev.write(args.out):
+            _log("evaluate", f"wrote {path}")
+    if args.json:
+        print_json(ev.to_dict())
+        for w in ev.warnings:
+            _log("evaluate", f"warning: {w}")
+    else:
+        print(ev.tables())
+    return 0
+
+
+# ====================================================================== synth
+def _register_synth(nsub: argparse._SubParsersAction) -> None:
+    p = nsub.add_parser("synth", help="write a synthetic ccRCC grading set (ISUP nucleoli rule; train/val/test 70/10/20)")
+    p.add_argument("out", metavar="OUT", help="output folder (plain layout with classes.json)")
+    p.add_argument("--n", type=int, default=100, help="number of tiles (default %(default)s)")
+    p.add_argument("--size", type=int, default=256, help="tile side in px at 0.25 um/px (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from ..data.nuclei.synthetic import NucleiSynthConfig, write_synthetic_nuclei
+
+    root = write_synthetic_nuclei(args.out, args.n, args.seed, NucleiSynthConfig(size=args.size),
+                                  overwrite=args.overwrite)
+    _log("synth", f"wrote {args.n} tiles to {root}")
+    return 0
+
+
+# ====================================================================== train
+_TRAIN_FIELDS = ("data", "model", "epochs", "stop_after", "crop", "batch_size", "lr", "weight_decay", "seed", "device",
+                 "num_workers", "bn_recalibration", "freeze_encoder_epochs", "max_train_batches")
+
+
+def _register_train(nsub: argparse._SubParsersAction) -> None:
+    from ..models.registry import list_models
+    from .train import _kv
+
+    p = nsub.add_parser("train", help="train CHR-Net or a baseline (resumable; best epoch by validation aPQ)")
+    p.add_argument("--data", metavar="DIR", help="nuclei dataset with train/val/test splits (e.g. from nuclei synth)")
+    p.add_argument("--model", metavar="NAME",
+                   help="chrnet (default), chrnet-shr, chrnet-mhr, chrnet-mhr-udist, chrnet-mhr-wdist, unet-nuclei "
+                        f"(registered: {', '.join(list_models('nuclei'))})")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last finished epoch")
+    p.add_argument("--epochs", type=int, help="epochs (default 50)")
+    p.add_argument("--stop-after", type=int, metavar="E", help="stop after epoch E (continue later with --resume)")
+    p.add_argument("--crop", type=int, metavar="PX", help="random training crops of PX px (multiple of 32; default 256)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 4)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4, x0.1 half way)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--freeze-encoder-epochs", type=int, metavar="E", help="keep the encoder frozen for E epochs")
+    p.add_argument("--bn-recalibration", type=int, metavar="B", help="re-estimate BatchNorm statistics before validation")
+    p.add_argument("--model-arg", type=_kv, action="append", metavar="KEY=VALUE",
+                   help="model config override, e.g. encoder_name=resnet18")
+    p.add_argument("--loss-weight", type=_kv, action="append", metavar="TERM=W", help="loss weight: bc, dist, mc1, mc2, mcf")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--max-train-batches", type=int, help="at most this many batches per epoch (smoke tests)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
+    p.set_defaults(func=_run_train)
+
+
+def _train_config(args: argparse.Namespace):
+    from pathlib import Path
+
+    from ..training.nuclei_trainer import NUCLEI_CONFIG_FILE, NucleiTrainConfig
+
+    saved = Path(args.out) / NUCLEI_CONFIG_FILE
+    cfg = NucleiTrainConfig.load(saved) if (args.resume and saved.is_file()) else NucleiTrainConfig()
+    changes = {f: getattr(args, f) for f in _TRAIN_FIELDS if getattr(args, f) is not None}
+    for flag, name in (("no_augment", "augment"), ("no_progress", "progress"), ("no_tensorboard", "tensorboard")):
+        if getattr(args, flag):
+            changes[name] = False
+    if args.model_arg:
+        changes["model_overrides"] = {**cfg.model_overrides, **dict(args.model_arg)}
+    if args.loss_weight:
+        changes["loss_weights"] = {**cfg.loss_weights, **{k: float(v) for k, v in args.loss_weight}}
+    return cfg.replace(**changes)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..training.nuclei_trainer import train_nuclei
+
+    try:
+        cfg = _train_config(args)
+    except ValueError as e:
+        raise InputError(None, str(e)) from e
+    if not cfg.data:
+        raise InputError(None, "--data is required (or a saved run that names it)")
+    summary = train_nuclei(cfg, args.out, resume=args.resume, log=lambda msg: _log("train", msg))
+    if args.json:
+        print_json(summary)
+    else:
+        val, test = summary.get("val") or {}, summary.get("test") or {}
+        print(f"{summary['run']}: epochs {summary['epochs_done']}/{summary['epochs']}, best epoch {summary['best_epoch']}"
+              + (f", val aPQ {val['aPQ']:.4f}" if val.get("aPQ") is not None else "")
+              + (f", test aPQ {test['aPQ']:.4f} PQ {test['PQ']:.4f}" if test.get("aPQ") is not None else ""))
+    return 0
+
+
+# ====================================================================== predict
+def _register_predict(nsub: argparse._SubParsersAction) -> None:
+    from ..inference.nuclei_predictor import OUTPUT_FORMATS
+
+    p = nsub.add_parser("predict", help="nuclei instances + classes of images: instance maps, tables, QuPath GeoJSON")
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="training run folder or checkpoint folder")
+    p.add_argument("--input", required=True, metavar="PATH",
+                   help="an image file, a folder of images, or a nuclei dataset (with --split)")
+    p.add_argument("--split", help="split of a nuclei dataset (e.g. test)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (one file per image and format)")
+    p.add_argument("--formats", default="npy,csv,geojson,mat",
+                   help=f"comma-separated, from {','.join(OUTPUT_FORMATS)} (default %(default)s)")
+    p.add_argument("--tta", action="store_true", help="average the maps over the 8 flips/rotations")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (nuclei per image and class)")
+    p.set_defaults(func=_run_predict)
+
+
+def _images(path: str, split: str | None):
+    """``(id, image)`` pairs of an image file, a folder of images, or a nuclei dataset split."""
+    from pathlib import Path
+
+    from ..data.io import read_rgb
+    from ..data.nuclei.readers import IMAGE_EXTS, open_nuclei
+    from ..errors import InputError
+
+    p = Path(path)
+    if p.is_file():
+        return [(p.stem, lambda: read_rgb(p))]
+    if not p.is_dir():
+        raise InputError(p, "not found")
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+    if split is None and files:
+        return [(f.stem, (lambda f=f: read_rgb(f))) for f in files]
+    ds = open_nuclei(p, split)
+    return [(i, (lambda i=i: ds[i].image)) for i in ds.ids]
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..inference.nuclei_predictor import OUTPUT_FORMATS, NucleiPredictor
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in OUTPUT_FORMATS]
+    if bad:
+        raise InputError(None, f"unknown --formats {bad}; choose from {list(OUTPUT_FORMATS)}")
+    predictor = NucleiPredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta)
+    items = _images(args.input, args.split)
+    if not items:
+        raise InputError(args.input, "no images found")
+    it = items
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(items, desc="predict")
+    rows = []
+    names = predictor.classes
+    for sample_id, load in it:
+        image = load()
+        pred = predictor.predict(image, sample_id)
+        pred.write(args.out, formats, image=image)
+        counts = {n: 0 for n in names.names}
+        for c in pred.inst_class.values():
+            counts[names.name(c)] += 1
+        rows.append({"id": sample_id, "n_nuclei": pred.n_instances, "per_class": counts})
+    summary = {"checkpoint": str(args.checkpoint), "out": str(args.out), "formats": formats, "images": rows}
+    if args.json:
+        print_json(summary)
+    else:
+        for r in rows:
+            print(f"{r['id']}: {r['n_nuclei']} nuclei " + ", ".join(f"{k} {v}" for k, v in r["per_class"].items()))
+    return 0
+
+
+# ====================================================================== registration
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _register_synth,
+    _register_train,
+    _register_predict,
+    _register_evaluate,
+]
+"""One function per sub-subcommand of ``histozoom nuclei``, called in this order."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "nuclei",
+        help="nuclei instance segmentation and grading (CHR-Net): synth, train, predict, evaluate",
+        description=__doc__.splitlines()[0],
+    )
+    nsub = p.add_subparsers(dest="nuclei_command", required=True, metavar="SUBCOMMAND")
+    for registrar in REGISTRARS:
+        registrar(nsub)

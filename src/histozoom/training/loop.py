@@ -1,0 +1,537 @@
+"""The training loop every histozoom trainer shares: one run = one folder.
+
+A concrete trainer (:class:`~histozoom.training.trainer.Trainer` for the OCELOT family,
+:class:`~histozoom.training.nuclei_trainer.NucleiTrainer` for CHR-Net) subclasses
+:class:`RunLoop` and supplies the task: the model, its parameter groups, the training
+set, the loss of one batch, validation and test. The loop supplies the rest:
+
+    RUN/<config file>       the run's config (JSON; ``config_file`` of the subclass)
+    RUN/best.ckpt/          the best-validation epoch's model (histozoom.models.checkpoint format)
+    RUN/last/               the last finished epoch: config.json + model.safetensors +
+                            state.pt (optimizer, scheduler, RNG states, epoch, best score,
+                            history) — what ``resume`` continues from
+    RUN/log.csv             one row per epoch: learning rates, losses, validation scores, times
+    RUN/tb/                 TensorBoard events (when tensorboard is installed)
+    RUN/done.json           written last: the summary (best epoch, validation and test scores)
+
+Every file is written atomically and folders are swapped in whole. Reproducibility:
+every epoch's randomness — shuffling, augmentation, dropout — is derived from
+``(seed, epoch)`` (augmentation per sample: ``(seed, epoch, index)``), so a resumed run
+repeats the uninterrupted one exactly (on CPU bit for bit). On CPU
+``torch.use_deterministic_algorithms`` is on during training. On CUDA: bf16 autocast and
+channels_last by default. Under ``torchrun`` the model is wrapped in
+DistributedDataParallel; rank 0 validates and writes.
+
+The config (a dataclass) must provide the fields ``epochs, batch_size, lr, weight_decay,
+gamma, seed, device, num_workers, amp, channels_last, deterministic, sync_bn, progress,
+tensorboard, stop_after, max_train_batches, bn_recalibration``, and the methods
+``milestone_epochs()``, ``save(path)``, ``load(path)`` (classmethod), ``differences(other)``,
+``replace(**kw)`` and ``to_dict()``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import shutil
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from ..atomic import atomic_open, atomic_path, write_json
+from ..errors import InputError
+from ..models.checkpoint import BEST_CHECKPOINT as CHECKPOINT_NAME
+from ..models.checkpoint import save_pretrained
+from .config import RUNTIME_FIELDS
+from .distributed import SINGLE, DistInfo, EpochSampler, barrier, broadcast_object
+
+LAST_DIR = "last"
+STATE_FILE = "state.pt"
+LOG_FILE = "log.csv"
+DONE_FILE = "done.json"
+
+
+# ---------------------------------------------------------------------- small helpers
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys (``numpy.random.SeedSequence``)."""
+    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to ``path``; on success it replaces ``path``.
+
+    The old folder is renamed aside first and removed after the swap; if a crash leaves
+    only the aside copy, :func:`recover_dir` puts it back.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp"
+    old = path.parent / f".{path.name}.old"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(path: str | Path) -> None:
+    """Undo an interrupted :func:`atomic_dir` swap (the aside copy goes back)."""
+    path = Path(path)
+    old = path.parent / f".{path.name}.old"
+    if not path.exists() and old.exists():
+        os.replace(old, path)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, f"device {device!r} asked for but CUDA is not available")
+    return device
+
+
+def collate_common(samples: list[dict]) -> dict:
+    """Default collate over the keys every sample has (a sample without some target
+    drops that target from its batch instead of failing)."""
+    keys = set(samples[0])
+    for s in samples[1:]:
+        keys &= set(s)
+    return default_collate([{k: s[k] for k in keys} for s in samples])
+
+
+class SeededSamples(Dataset):
+    """A dataset with an ``augment`` attribute (an object with an ``rng``), indexed by
+    ``(epoch, index)`` keys (:class:`~histozoom.training.distributed.EpochSampler`): the
+    augmentation generator is reseeded from ``(seed, epoch, index)`` before each sample,
+    so augmentation is reproducible, differs across epochs and workers, and needs no
+    per-worker state."""
+
+    def __init__(self, data: Dataset, seed: int):
+        self.data = data
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        augment = getattr(self.data, "augment", None)
+        if augment is not None:
+            augment.rng = np.random.default_rng([self.seed, epoch, index])
+        return self.data[index]
+
+
+def rng_state(augment: Any = None) -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if augment is not None:
+        state["augment"] = augment.rng.bit_generator.state
+    return state
+
+
+def set_rng_state(state: dict, augment: Any = None) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if augment is not None and "augment" in state:
+        augment.rng.bit_generator.state = state["augment"]
+
+
+def write_log(path: Path, history: list[dict]) -> None:
+    """``history`` rows as CSV (columns: the union of keys in first-seen order)."""
+    keys: list[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        for row in history:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+
+
+def _tensorboard(folder: Path, purge_step: int | None):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # noqa: BLE001 - tensorboard is optional
+        return None
+    return SummaryWriter(str(folder), purge_step=purge_step)
+
+
+def read_done(run: str | Path) -> dict | None:
+    """The summary of a finished run (``RUN/done.json``), else ``None``."""
+    path = Path(run) / DONE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _better(score: float | None, best: float | None) -> bool:
+    """Whether ``score`` beats ``best`` (no score or no best yet: yes; NaN counts as -inf)."""
+    if score is None or best is None:
+        return True
+    as_num = lambda v: float("-inf") if v != v else v  # noqa: E731
+    return as_num(score) > as_num(best)
+
+
+# ---------------------------------------------------------------------- the loop
+class RunLoop:
+    """Generic training run in ``run_dir``. Subclasses set ``config_file`` and
+    ``score_key`` (the validation score that selects the best epoch, higher is better)
+    and implement :meth:`setup`, :meth:`make_model`, :meth:`make_param_groups`,
+    :meth:`make_train_set`, :meth:`forward`, :meth:`loss`, :meth:`validate`,
+    :meth:`test` and :meth:`extra`."""
+
+    config_file = "train_config.json"
+    score_key = "score"
+    runtime_fields = RUNTIME_FIELDS
+
+    def __init__(self, cfg: Any, run_dir: str | Path, resume: bool = False, dist_info: DistInfo = SINGLE,
+                 log: Callable[[str], None] | None = None):
+        self.run = Path(run_dir)
+        self.dist = dist_info
+        self.log = log or (lambda msg: None)
+        self.cfg = self._check_run_dir(cfg, resume)
+        self.resume = resume
+        device = resolve_device(self.cfg.device)
+        if device == "cuda" and dist_info.enabled:
+            device = f"cuda:{dist_info.local_rank}"
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        self.amp = cuda if self.cfg.amp is None else (self.cfg.amp and cuda)
+        self.channels_last = cuda if self.cfg.channels_last is None else self.cfg.channels_last
+        self.deterministic = (not cuda) if self.cfg.deterministic is None else self.cfg.deterministic
+        nw = self.cfg.num_workers
+        self.num_workers = (0 if not cuda else min(8, os.cpu_count() or 1)) if nw is None else nw
+        self.setup()
+
+    # ------------------------------------------------------------------ the task (subclasses)
+    def setup(self) -> None:
+        """Open the data and derive the model config (called at the end of ``__init__``)."""
+        raise NotImplementedError
+
+    def make_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def make_param_groups(self, model: torch.nn.Module) -> list[dict]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": self.cfg.lr,
+                 "name": "all", "weight_decay": self.cfg.weight_decay}]
+
+    def make_train_set(self) -> Dataset:
+        """The training set (samples are dicts of tensors; an ``augment`` attribute with an
+        ``rng`` is reseeded per sample)."""
+        raise NotImplementedError
+
+    def forward(self, model: torch.nn.Module, batch: dict) -> Any:
+        """The model's outputs for a batch already on the device."""
+        raise NotImplementedError
+
+    def loss(self, outputs: Any, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def validate(self) -> dict | None:
+        """Validation scores (must hold ``score_key``), or ``None`` without a validation split."""
+        raise NotImplementedError
+
+    def test(self) -> dict | None:
+        """Test the best checkpoint (``RUN/best.ckpt``); its scores or ``None``."""
+        raise NotImplementedError
+
+    def extra(self, epoch: int, val: dict | None) -> dict:
+        """JSON metadata stored with each checkpoint (``config.json``'s ``extra``)."""
+        return {"epoch": epoch, "val": val, "train_config": self.cfg.to_dict()}
+
+    def unused_parameters(self) -> bool:
+        """Whether some parameters get no gradient (DDP's ``find_unused_parameters``)."""
+        return False
+
+    # ------------------------------------------------------------------ run folder
+    def _check_run_dir(self, cfg: Any, resume: bool) -> Any:
+        saved_path = self.run / self.config_file
+        if not self.dist.is_main and not resume:
+            return cfg  # rank 0 checks the folder (and may already have written the config)
+        if saved_path.is_file():
+            saved = type(cfg).load(saved_path)
+            if not resume:
+                raise InputError(self.run, "a training run exists here; continue it with resume (--resume) or choose a new --out")
+            diff = saved.differences(cfg)
+            if diff:
+                listed = ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+                raise InputError(saved_path, f"resume with different settings: {listed}")
+            return saved.replace(**{k: getattr(cfg, k) for k in self.runtime_fields})
+        if self.run.exists() and any(self.run.iterdir()) and not resume:
+            raise InputError(self.run, "output folder exists and is not a training run; choose a new --out")
+        return cfg
+
+    # ------------------------------------------------------------------ building
+    def build(self):
+        """Model, optimizer, scheduler, data loader (and the DDP wrapper)."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        model = self.make_model().to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = torch.optim.Adam(self.make_param_groups(model))
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.milestone_epochs(), cfg.gamma)
+        self.train_set = SeededSamples(self.make_train_set(), cfg.seed)
+        self.augment = getattr(self.train_set.data, "augment", None)
+        n_local = -(-len(self.train_set) // self.dist.world_size)
+        self.sampler = EpochSampler(len(self.train_set), self.dist, cfg.seed, shuffle=True)
+        bs = min(cfg.batch_size, n_local)
+        drop_last = n_local > 1 and n_local % bs == 1  # a batch of one breaks BatchNorm in training
+        self.loader = DataLoader(self.train_set, batch_size=bs, sampler=self.sampler, num_workers=self.num_workers,
+                                 collate_fn=collate_common, drop_last=drop_last,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0)
+        self.ddp = model
+        if self.dist.enabled:
+            if cfg.sync_bn:
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                self.model = model
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.unused_parameters())
+        self.history: list[dict] = []
+        self.best: dict[str, Any] = {"epoch": 0, "score": None}
+        self.start_epoch = 1
+
+    def _load_last(self) -> None:
+        last = self.run / LAST_DIR
+        recover_dir(last)
+        if not (last / STATE_FILE).is_file():
+            return
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(str(last / "model.safetensors"), device=str(self.device)))
+        state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], self.augment)
+        self.history = state["history"]
+        self.best = state["best"]
+        self.start_epoch = int(state["epoch"]) + 1
+        self.log(f"resuming after epoch {state['epoch']} (best so far: epoch {self.best['epoch']}, "
+                 f"{self.score_key} {self.best['score']})")
+
+    def _save_last(self, epoch: int) -> None:
+        state = {"epoch": epoch, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": rng_state(self.augment), "best": self.best, "history": self.history,
+                 "train_config": self.cfg.to_dict()}
+        with atomic_dir(self.run / LAST_DIR) as tmp:
+            save_pretrained(self.model, tmp, self.extra(epoch, self.history[-1].get("val") if self.history else None))
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            with atomic_path(tmp / STATE_FILE) as p:
+                p.write_bytes(buf.getvalue())
+
+    # ------------------------------------------------------------------ steps
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def to_device(self, batch: dict) -> dict:
+        """Tensors of ``batch`` on the device (image-like 4-D tensors channels_last on CUDA)."""
+        out = {}
+        for k, v in batch.items():
+            if not torch.is_tensor(v):
+                continue
+            v = v.to(self.device, non_blocking=True)
+            if self.channels_last and v.ndim == 4 and v.is_floating_point():
+                v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One optimisation step on a collated batch; returns the loss and its parts."""
+        batch = self.to_device(batch)
+        with self._autocast():
+            out = self.forward(self.ddp, batch)
+        loss, parts = self.loss(out, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), **parts}
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.ddp.train()
+        sums: dict[str, float] = {}
+        n = 0
+        it: Any = self.loader
+        bar = None
+        if self.cfg.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            it = bar = tqdm(self.loader, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
+        for b, batch in enumerate(it):
+            if self.cfg.max_train_batches is not None and b >= self.cfg.max_train_batches:
+                break
+            parts = self.train_step(batch)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{parts['loss']:.4f}")
+        if bar is not None:
+            bar.close()
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def recalibrate_bn(self, n_batches: int) -> None:
+        """Re-estimate BatchNorm running statistics as the average over ``n_batches``
+        training batches of this epoch (train-mode forward, no gradient, weights unchanged)."""
+        bns = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not bns or n_batches <= 0:
+            return
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        was_training = self.model.training
+        self.model.train()
+        try:
+            for b, batch in enumerate(self.loader):
+                if b >= n_batches:
+                    break
+                with self._autocast():
+                    self.forward(self.model, self.to_device(batch))
+        finally:
+            for m, mom in zip(bns, momenta):
+                m.momentum = mom
+            self.model.train(was_training)
+
+    def epoch_hook(self, epoch: int) -> None:
+        """Called before each epoch's training (e.g. to freeze or unfreeze parts)."""
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        """Train to ``cfg.epochs`` (or ``cfg.stop_after``), then test; returns the summary
+        (also ``RUN/done.json`` once the schedule is complete)."""
+        done = read_done(self.run)
+        if done is not None and self.resume:
+            self.log(f"{self.run} is finished already")
+            return done
+        prev_det = torch.are_deterministic_algorithms_enabled()
+        prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+        prev_bench = torch.backends.cudnn.benchmark
+        if self.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        try:
+            return self._fit()
+        finally:
+            torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+            torch.backends.cudnn.benchmark = prev_bench
+
+    def _epoch_row(self, epoch: int, lrs: dict, losses: dict, val: dict | None, improved: bool,
+                   t_train: float, t_val: float) -> dict:
+        row = {"epoch": epoch, **{f"lr_{k}": v for k, v in lrs.items()}, **{f"train_{k}": v for k, v in losses.items()}}
+        if val is not None:
+            for k, v in val.items():
+                if isinstance(v, dict):
+                    row.update({f"val_{k}_{c}": f for c, f in v.items() if not isinstance(f, (dict, list))})
+                elif not isinstance(v, list):
+                    row[f"val_{k}"] = v
+        row.update({"train_time_s": round(t_train, 3), "val_time_s": round(t_val, 3), "best": bool(improved), "val": val})
+        return row
+
+    def _fit(self) -> dict:
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            self.run.mkdir(parents=True, exist_ok=True)
+            if not (self.run / self.config_file).is_file():
+                cfg.save(self.run / self.config_file)
+        barrier(self.dist)
+        self.build()
+        if self.resume:
+            self._load_last()
+        tb = _tensorboard(self.run / "tb", self.start_epoch) if (main and cfg.tensorboard) else None
+        t_run = time.time()
+        last_epoch = self.start_epoch - 1
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs + 1):
+                t0 = time.time()
+                self.sampler.set_epoch(epoch)
+                torch.manual_seed(derive_seed(cfg.seed, epoch, self.dist.rank))
+                self.epoch_hook(epoch)
+                lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+                losses = self._train_epoch(epoch)
+                self.scheduler.step()
+                t_train = time.time() - t0
+                if main:
+                    t1 = time.time()
+                    if cfg.bn_recalibration:
+                        self.recalibrate_bn(cfg.bn_recalibration)
+                    val = self.validate()
+                    score = None if val is None else val.get(self.score_key)
+                    if val is not None and score is None:
+                        score = float("-inf")  # undefined this epoch (e.g. no class present): never better
+                    improved = _better(score, self.best["score"])
+                    row = self._epoch_row(epoch, lrs, losses, val, improved, t_train, time.time() - t1)
+                    if improved:
+                        self.best = {"epoch": epoch, "score": score}
+                        with atomic_dir(self.run / CHECKPOINT_NAME) as tmp:
+                            save_pretrained(self.model, tmp, self.extra(epoch, val))
+                    self.history.append(row)
+                    self._save_last(epoch)
+                    write_log(self.run / LOG_FILE, [{k: v for k, v in r.items() if k != "val"} for r in self.history])
+                    if tb is not None:
+                        for k, v in row.items():
+                            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                                tb.add_scalar(k.replace("_", "/", 1), v, epoch)
+                        tb.flush()
+                    msg = f"epoch {epoch}/{cfg.epochs}: loss {losses.get('loss', float('nan')):.4f}"
+                    if score is not None:
+                        msg += f", val {self.score_key} {score:.4f}" + (" (best)" if improved else "")
+                    self.log(msg + f" [{time.time() - t0:.1f}s]")
+                barrier(self.dist)
+                last_epoch = epoch
+                if cfg.stop_after is not None and epoch >= cfg.stop_after and epoch < cfg.epochs:
+                    self.log(f"stopping after epoch {epoch} (stop_after); continue with resume")
+                    break
+        finally:
+            if tb is not None:
+                tb.close()
+        finished = last_epoch >= cfg.epochs
+        summary = None
+        if main:
+            summary = self.summary(finished, time.time() - t_run)
+            if finished:
+                write_json(self.run / DONE_FILE, summary)
+        return broadcast_object(summary, self.dist)
+
+    def summary(self, finished: bool, seconds: float) -> dict:
+        last = self.history[-1] if self.history else {}
+        best_row = next((r for r in self.history if r["epoch"] == self.best["epoch"]), {})
+        out: dict[str, Any] = {
+            "run": str(self.run), "model": self.cfg.model, "finished": finished,
+            "epochs_done": last.get("epoch", 0), "epochs": self.cfg.epochs,
+            "best_epoch": self.best["epoch"], "val": best_row.get("val"), "test": None,
+            "checkpoint": str(self.run / CHECKPOINT_NAME), "seconds_this_session": round(seconds, 1),
+            "train_seconds_total": round(sum(r.get("train_time_s", 0.0) for r in self.history), 1),
+            "config": self.cfg.to_dict(),
+        }
+        if finished:
+            out["test"] = self.test()
+        return out
