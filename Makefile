@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_evaluation.py
 	$(BIN)/python bench/bench_instances.py
+	$(BIN)/python bench/bench_postprocess.py
 	$(BIN)/python bench/bench_models.py --size 256 --threads 1
 	$(BIN)/python bench/bench_training.py --size 256 --threads 1
 

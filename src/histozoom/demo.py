@@ -156,7 +156,7 @@ def table5_rows(report: EvaluationReport) -> list[list[Any]]:
         ci = m.ci["overall"]["mF1"] if m.ci else None
         ci_text = f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci and ci[0] is not None else "-"
         rows.append([m.name, f"{100 * s.mf1:.2f}", ci_text] + [f"{100 * float(v):.2f}" for v in s.f1]
-                    + [PAPER_TABLE5.get(m.name, "-")])
+                    + [f"{PAPER_TABLE5[m.name]:.2f}" if m.name in PAPER_TABLE5 else "-"])
     return rows
 
 

@@ -100,6 +100,7 @@ class PointSet:
     entries: dict[int, dict] = field(default_factory=dict)
     metadata_path: str | None = None
     warnings: list[str] = field(default_factory=list)
+    cell_mpp: float | None = None
 
     @property
     def image_indices(self) -> list[int]:
@@ -321,7 +322,8 @@ def _load_dataset(path: Path, split: str | None, classes: ClassSet | None, image
     if not with_pairs and ids and image_size is None:
         sizes = dict.fromkeys(range(len(ids)), sp.load(ids[0]).cell_size)
     ps = PointSet(points, len(ids), names, f"{path} (split {name})", classes=classes, organs=organs,
-                  placements=placements, tissue_masks=masks, tissue_classes=spec.tissue_classes, image_sizes=sizes)
+                  placements=placements, tissue_masks=masks, tissue_classes=spec.tissue_classes, image_sizes=sizes,
+                  cell_mpp=spec.cell_mpp)
     for k, pts in points.items():
         _check_points(pts, k, classes, sizes.get(k) or image_size_of(image_size, k), f"{path}: sample {names[k]}")
     return ps
@@ -725,7 +727,7 @@ def evaluate(
     split: str | None = None,
     classes: ClassSet | None = None,
     radius_um: float = CHALLENGE_RADIUS_UM,
-    mpp: float = CHALLENGE_MPP,
+    mpp: float | None = None,
     mode: str = "challenge",
     image_size: ImageSize = None,
     strict: bool = False,
@@ -744,7 +746,8 @@ def evaluate(
 
     ``preds``: one source, a list of sources, or ``{name: source}`` (sources as
     :func:`load_points`). ``gt``: a source or a loaded :class:`PointSet`; a dataset folder
-    uses ``split``. ``radius_um``/``mpp``: the hit radius (3 µm at 0.2 µm/px = 15 px).
+    uses ``split``. ``radius_um``/``mpp``: the hit radius (3 µm at 0.2 µm/px = 15 px); ``mpp=None`` takes a
+    dataset folder's cell mpp, else the challenge's 0.2 µm/px.
     ``mode``: ``"challenge"`` (the official greedy rule) or ``"hungarian"`` (optimal
     matching, not the challenge's). ``subgroups``: tissue-region analysis (default: when
     the ground truth has tissue masks; for a dataset folder ``True`` loads the pairs).
@@ -764,6 +767,8 @@ def evaluate(
     classes = classes or gt.classes or OCELOT_CELL_CLASSES
     sizes: ImageSize = image_size or gt.image_sizes or CHALLENGE_IMAGE_SIZE
     warnings = list(gt.warnings)
+    if mpp is None:
+        mpp = gt.cell_mpp or CHALLENGE_MPP
     r = radius_px(radius_um, mpp)
     methods: list[MethodResult] = []
     loaded: list[tuple[str, PointSet]] = []

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bootstrap resamples of images for 95%% CIs, rank and pairwise-win probabilities (default %(default)s as in the report; 0 = off)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed (default %(default)s)")
     p.add_argument("--radius-um", type=float, default=CHALLENGE_RADIUS_UM, help="hit radius in µm (default %(default)s)")
-    p.add_argument("--mpp", type=float, default=CHALLENGE_MPP, help="µm per pixel of the cell images (default %(default)s)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help=f"µm per pixel of the cell images (default: a dataset's own, else {CHALLENGE_MPP})")
     p.add_argument("--matching", choices=MATCH_MODES, default="challenge",
                    help="challenge = the official greedy rule (default); hungarian = optimal matching, NOT the challenge's metric")
     p.add_argument("--image-size", type=_size, metavar="N|WxH", help="cell image size for coordinate checks (default 1024, or the dataset's)")

@@ -38,13 +38,51 @@ RUNTIME_FIELDS = ("device", "num_workers", "progress", "tensorboard", "stop_afte
 change them. Every other field must match the saved config."""
 
 
-class RunConfigIO:
-    """JSON round trip, strict ``replace`` and resume comparison for run-config dataclasses
-    (tuples become lists in JSON; ``__post_init__`` of the dataclass turns them back).
-    The dataclass must have the fields checked in :meth:`common_problems`."""
+@dataclass
+class RunConfig:
+    """What every training run has: the optimisation schedule and the runtime (fields
+    below; defaults are the OCELOT recipe's, subclasses may redeclare them), plus JSON
+    round trip, strict ``replace`` and resume comparison (tuples become lists in JSON;
+    ``__post_init__`` of the subclass turns them back). Field meanings: see
+    :class:`TrainConfig`."""
 
-    epochs: int
-    milestones: tuple[float, ...]
+    data: str = ""
+    model: str = "cell-only"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    train_split: str = "train"
+    val_split: str | None = "val"
+    test_split: str | None = "test"
+    augment: bool = True
+    epochs: int = 300
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    milestones: tuple[float, ...] = (0.6, 0.8)
+    gamma: float = 0.3
+    bn_recalibration: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int | None = None
+    amp: bool | None = None
+    channels_last: bool | None = None
+    deterministic: bool | None = None
+    sync_bn: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+    stop_after: int | None = None
+    max_train_batches: int | None = None
+
+    def __post_init__(self):
+        self.data = str(self.data)
+        self.milestones = tuple(float(m) for m in self.milestones)
+        self.model_overrides = dict(self.model_overrides or {})
+        problems = list(self.common_problems()) + list(self.problems())
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+
+    def problems(self):
+        """Checks of the subclass's own fields (messages)."""
+        return []
 
     def milestone_epochs(self) -> list[int]:
         """Epoch counts after which the LR is multiplied by ``gamma`` (60 %, 80 % of 300 → 180, 240)."""
@@ -103,7 +141,7 @@ class RunConfigIO:
 
 
 @dataclass
-class TrainConfig(RunConfigIO):
+class TrainConfig(RunConfig):
     """Everything that defines a training run (JSON-serialisable).
 
     Data: ``data`` (any folder :func:`~histozoom.data.open.open_dataset` reads),
@@ -138,57 +176,21 @@ class TrainConfig(RunConfigIO):
     tests).
     """
 
-    data: str = ""
-    model: str = "cell-only"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    train_split: str = "train"
-    val_split: str | None = "val"
-    test_split: str | None = "test"
     size: int | None = None
-    augment: bool = True
 
     cell_dropout: float | None = None
     tissue_dropout: float | None = None
     no_tissue_loss: bool = False
     no_large_fov: bool = False
 
-    epochs: int = 300
-    batch_size: int = 8
-    lr: float = 1e-4
     cell_lr_ratio: float = 1.0
-    weight_decay: float = 1e-5
-    milestones: tuple[float, ...] = (0.6, 0.8)
-    gamma: float = 0.3
     cell_weight: float = 1.0
     tissue_weight: float = 1.0
-
-    bn_recalibration: int = 0
 
     peak_min_distance_um: float = 2.0
     peak_threshold: float = 0.5
 
-    seed: int = 0
-    device: str = "cpu"
-    num_workers: int | None = None
-    amp: bool | None = None
-    channels_last: bool | None = None
-    deterministic: bool | None = None
-    sync_bn: bool = False
-    progress: bool = True
-    tensorboard: bool = True
-    stop_after: int | None = None
-    max_train_batches: int | None = None
-
-    def __post_init__(self):
-        self.data = str(self.data)
-        self.milestones = tuple(float(m) for m in self.milestones)
-        self.model_overrides = dict(self.model_overrides or {})
-        problems = list(self._problems())
-        if problems:
-            raise ValueError("TrainConfig: " + "; ".join(problems))
-
-    def _problems(self):
-        yield from self.common_problems()
+    def problems(self):
         if self.size is not None and (self.size < 16 or self.size % 16):
             yield f"size must be a multiple of 16 (the models' stride), got {self.size}"
         if not self.cell_lr_ratio > 0:

@@ -34,7 +34,7 @@ from ..models.checkpoint import from_pretrained
 from ..models.chrnet import ChrNetLoss, targets_for_config
 from ..models.registry import get_config, list_models, model_family
 from ..nuclei_evaluation import evaluate_samples
-from .config import RunConfigIO
+from .config import RunConfig
 from .distributed import SINGLE, DistInfo, unwrap
 from .loop import CHECKPOINT_NAME, RunLoop
 
@@ -43,7 +43,7 @@ TEST_PREDICTIONS_DIR = "test_predictions"
 
 
 @dataclass
-class NucleiTrainConfig(RunConfigIO):
+class NucleiTrainConfig(RunConfig):
     """Everything that defines a nuclei training run (JSON-serialisable).
 
     Data: ``data`` (a folder :func:`~histozoom.data.nuclei.readers.open_nuclei` reads
@@ -68,56 +68,34 @@ class NucleiTrainConfig(RunConfigIO):
     Runtime fields as in :class:`~histozoom.training.config.TrainConfig`.
     """
 
-    data: str = ""
     model: str = "chrnet"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    train_split: str = "train"
-    val_split: str | None = "val"
-    test_split: str | None = "test"
     crop: int | None = 256
-    augment: bool = True
     loss_weights: dict[str, float] = field(default_factory=dict)
     freeze_encoder_epochs: int = 0
 
+    watershed: dict[str, Any] = field(default_factory=dict)
+
+    # the schedule's defaults differ from the OCELOT recipe's (RunConfig)
     epochs: int = 50
     batch_size: int = 4
-    lr: float = 1e-4
     weight_decay: float = 0.0
     milestones: tuple[float, ...] = (0.5,)
     gamma: float = 0.1
-    bn_recalibration: int = 0
-
-    watershed: dict[str, Any] = field(default_factory=dict)
-
-    seed: int = 0
-    device: str = "cpu"
-    num_workers: int | None = None
-    amp: bool | None = None
-    channels_last: bool | None = None
-    deterministic: bool | None = None
-    sync_bn: bool = False
-    progress: bool = True
-    tensorboard: bool = True
-    stop_after: int | None = None
-    max_train_batches: int | None = None
 
     def __post_init__(self):
-        self.data = str(self.data)
-        self.milestones = tuple(float(m) for m in self.milestones)
-        self.model_overrides = dict(self.model_overrides or {})
         self.loss_weights = dict(self.loss_weights or {})
         self.watershed = dict(self.watershed or {})
-        problems = list(self.common_problems())
+        super().__post_init__()
+
+    def problems(self):
         if self.crop is not None and (self.crop < 32 or self.crop % 32):
-            problems.append(f"crop must be a multiple of 32 (the models' stride), got {self.crop}")
+            yield f"crop must be a multiple of 32 (the models' stride), got {self.crop}"
         if self.freeze_encoder_epochs < 0:
-            problems.append(f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}")
+            yield f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}"
         try:
             WatershedConfig(**self.watershed)
         except (TypeError, ValueError) as e:
-            problems.append(f"watershed: {e}")
-        if problems:
-            raise ValueError("NucleiTrainConfig: " + "; ".join(problems))
+            yield f"watershed: {e}"
 
     def watershed_config(self) -> WatershedConfig:
         return WatershedConfig(**self.watershed)
