@@ -1,9 +1,9 @@
-"""Strict field checks shared by the JSON-saved config dataclasses."""
+"""Strict field checks and dict round trip shared by the JSON-saved config dataclasses."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 
 def check_fields(cls_or_obj: Any, keys: Iterable[str]) -> None:
@@ -13,3 +13,22 @@ def check_fields(cls_or_obj: Any, keys: Iterable[str]) -> None:
     if unknown:
         cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(names)}")
+
+
+class DictConfig:
+    """Mixin for config dataclasses: ``to_dict`` (``dataclasses.asdict``; tuples become
+    lists in JSON), ``from_dict`` and ``replace`` that reject unknown fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        check_fields(cls, d)
+        return cls(**dict(d))
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes``; an unknown field raises ``ValueError`` listing the fields."""
+        check_fields(self, changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]

@@ -57,6 +57,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
 import numpy as np
 
 from .atomic import atomic_open, write_json
+from .data.io import read_npy
 from .data.nuclei.readers import (
     CONSEP_CLASSES,
     NucleiClassScheme,
@@ -155,12 +156,7 @@ def read_nuclei_labels(path: str | Path, name: str | None = None) -> NucleiLabel
         inst_class = _classes_of(inst, type_map, m.get("inst_type"), path)
         return NucleiLabels(name, inst, inst_class, path)
     if suffix == ".npy":
-        if not path.is_file():
-            raise InputError(path, "file not found")
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise InputError(path, f"cannot read .npy ({type(e).__name__}: {e})") from e
+        a = read_npy(path)
         if a.ndim == 3 and a.shape[2] == 2:
             inst = _check_instance_map(a[..., 0], path)
             return NucleiLabels(name, inst, _classes_of(inst, a[..., 1], None, path), path)

@@ -37,6 +37,17 @@ def read_image(path: str | Path) -> np.ndarray:
     return arr
 
 
+def read_npy(path: str | Path) -> np.ndarray:
+    """Load a ``.npy`` array (no pickles), naming the file on error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"cannot read .npy ({type(e).__name__}: {e})") from e
+
+
 def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an RGB image as ``(H, W, 3)`` uint8; ``size=(width, height)`` is checked if given."""
     arr = read_image(path)

@@ -50,16 +50,15 @@ shared features]`` (only those present).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 
 from ..geometry import Placement, cell_to_tissue, tissue_to_cell, window_tensor
-from ..config_fields import check_fields
+from ..config_fields import DictConfig
 from .branch import POSITIONS, DeepLabBranch, StagedRun
 from .unet import UNetBranch
 
@@ -100,7 +99,7 @@ def tissue_one_hot(mask: torch.Tensor, n_classes: int, dtype: torch.dtype = torc
 
 
 @dataclass(frozen=True)
-class CellTissueConfig:
+class CellTissueConfig(DictConfig):
     """Everything that defines a cell–tissue model; saved as JSON next to its weights.
 
     Attributes
@@ -192,22 +191,6 @@ class CellTissueConfig:
     def c2t_positions(self) -> tuple[str, ...]:
         """Boundaries with a cell→tissue exchange."""
         return tuple(p for p, s in zip(SHARE_POSITIONS, self.sharing) if s in ("c2t", "both"))
-
-    # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists in JSON)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CellTissueConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        check_fields(cls, d)
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> "CellTissueConfig":
-        """A copy with ``changes``; an unknown field raises ``ValueError`` listing the fields."""
-        check_fields(self, changes)
-        return dataclasses.replace(self, **changes)
 
     def build(self, pretrained: bool = True) -> "CellTissueModel":
         """The model. ``pretrained=False`` skips loading ``encoder_weights`` (used when a

@@ -76,7 +76,6 @@ Task targets come from the class map through ``task_groups``
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -88,7 +87,7 @@ from segmentation_models_pytorch.base import initialization as smp_init
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torchvision.models.resnet import BasicBlock
 
-from ..config_fields import check_fields
+from ..config_fields import DictConfig
 from .branch import build_encoder
 
 __all__ = [
@@ -132,7 +131,7 @@ def task_groups_from_scheme(scheme: Any, merges: Sequence[str] | None = None) ->
 
 # ====================================================================== config
 @dataclass(frozen=True)
-class ChrNetConfig:
+class ChrNetConfig(DictConfig):
     """Everything that defines a CHR-Net variant; saved as JSON next to its weights.
 
     Attributes
@@ -258,22 +257,6 @@ class ChrNetConfig:
         if ids != list(range(1, len(ids) + 1)):
             raise ValueError(f"scheme {scheme.name!r}: class ids must be 1..n, got {ids}")
         return cls(**{"n_classes": len(ids), "task_groups": task_groups_from_scheme(scheme, merges), **fields})
-
-    # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists in JSON)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ChrNetConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        check_fields(cls, d)
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> "ChrNetConfig":
-        """A copy with ``changes``; an unknown field raises ``ValueError`` listing the fields."""
-        check_fields(self, changes)
-        return dataclasses.replace(self, **changes)
 
     def build(self, pretrained: bool = True) -> "ChrNet":
         """The model. ``pretrained=False`` skips loading ``encoder_weights``."""

@@ -149,30 +149,22 @@ for _base in ("pred-to-inter-2", "feature-sharing"):
 
 # ---------------------------------------------------------------------- the nuclei family (CHR-Net)
 # Listed by list_models("nuclei"); one image in, the dict of histozoom.models.chrnet out.
-@register_model("chrnet", family="nuclei")
-def _chrnet() -> ChrNetConfig:
-    """The full CHR-Net: two HRFEs (MHR) + W-Net distance branch (WDist)."""
-    return ChrNetConfig()
+NUCLEI_VARIANTS: dict[str, dict[str, str]] = {
+    "chrnet": {},  # the full model: two HRFEs (MHR) + the W-Net distance branch (WDist)
+    "chrnet-shr": {"classification": "single", "segmentation": "none"},
+    "chrnet-mhr": {"classification": "two-task", "segmentation": "none"},
+    "chrnet-mhr-udist": {"classification": "two-task", "segmentation": "udist"},
+    "chrnet-mhr-wdist": {"classification": "two-task", "segmentation": "wnet"},
+}
+"""CHR-Net's Table 2 variants as ``ChrNetConfig`` fields."""
 
 
-@register_model("chrnet-shr", family="nuclei")
-def _chrnet_shr() -> ChrNetConfig:
-    return ChrNetConfig(classification="single", segmentation="none")
+def _register_nuclei(name: str, fields: dict[str, str]) -> None:
+    register_model(name, family="nuclei")(lambda: ChrNetConfig(**fields))
 
 
-@register_model("chrnet-mhr", family="nuclei")
-def _chrnet_mhr() -> ChrNetConfig:
-    return ChrNetConfig(classification="two-task", segmentation="none")
-
-
-@register_model("chrnet-mhr-udist", family="nuclei")
-def _chrnet_mhr_udist() -> ChrNetConfig:
-    return ChrNetConfig(classification="two-task", segmentation="udist")
-
-
-@register_model("chrnet-mhr-wdist", family="nuclei")
-def _chrnet_mhr_wdist() -> ChrNetConfig:
-    return ChrNetConfig(classification="two-task", segmentation="wnet")
+for _name, _fields in NUCLEI_VARIANTS.items():
+    _register_nuclei(_name, _fields)
 
 
 @register_model("unet-nuclei", family="nuclei")

@@ -25,11 +25,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..atomic import write_json
 from ..errors import InputError
-from ..config_fields import check_fields
+from ..config_fields import DictConfig
 
 TRAIN_CONFIG_FILE = "train_config.json"
 
@@ -39,7 +39,7 @@ change them. Every other field must match the saved config."""
 
 
 @dataclass
-class RunConfig:
+class RunConfig(DictConfig):
     """What every training run has: the optimisation schedule and the runtime (fields
     below; defaults are the OCELOT recipe's, subclasses may redeclare them), plus JSON
     round trip, strict ``replace`` and resume comparison (tuples become lists in JSON;
@@ -89,16 +89,7 @@ class RunConfig:
         return sorted({max(1, int(round(m * self.epochs))) for m in self.milestones})
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]):
-        check_fields(cls, d)
-        return cls(**dict(d))
-
-    def replace(self, **changes: Any):
-        check_fields(self, changes)
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
     def differences(self, other, ignore: tuple[str, ...] = RUNTIME_FIELDS) -> dict[str, tuple[Any, Any]]:
         """``{field: (self's, other's)}`` for fields that differ (``ignore`` left out)."""

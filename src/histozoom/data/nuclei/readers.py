@@ -63,7 +63,7 @@ from ...atomic import atomic_open, write_json
 from ...errors import InputError
 from ...metrics.instances import instance_classes
 from ...pair import ClassSet
-from ..io import read_image, read_rgb, write_image
+from ..io import read_image, read_npy, read_rgb, write_image
 
 __all__ = [
     "CCRCC",
@@ -321,12 +321,7 @@ def read_instance_map(path: str | Path, shape: tuple[int, int] | None = None) ->
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        if not path.is_file():
-            raise InputError(path, "file not found")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise InputError(path, f"cannot read .npy ({type(e).__name__}: {e})") from e
+        arr = read_npy(path)
     else:
         arr = read_image(path)
     arr = _check_instance_map(arr, path)
