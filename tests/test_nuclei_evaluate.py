@@ -315,3 +315,23 @@ def test_real_consep_tiles(shared_data, tmp_path):
         assert r.name == p.stem
         for m in ("dice", "aji", "aji_plus", "dq", "sq", "pq"):
             assert getattr(r.scores, m) == pytest.approx(getattr(d, m))
+
+
+@pytest.mark.parametrize("layout", ["miccai2015", "gbm40"])
+def test_real_other_layouts_score_against_themselves_and_perturbed(shared_data, layout):
+    from histozoom.data.nuclei.readers import NucleiSample, open_nuclei
+
+    d = shared_data / "nuclei" / layout
+    if not d.is_dir():
+        pytest.skip(f"{d} missing")
+    samples = list(open_nuclei(d))[:2]
+    ev = evaluate_samples(samples, samples)
+    for m in METRICS[:-1]:  # no classes in these layouts: aPQ is undefined (NaN)
+        assert getattr(ev.mean, m) == pytest.approx(1.0)
+    assert np.isnan(ev.mean.apq)
+    eroded = [NucleiSample(s.id, s.image, _erode(s.inst_map)) for s in samples]
+    ev = evaluate_samples(eroded, samples)
+    assert 0.3 < ev.mean.pq < 1 and 0.5 < ev.mean.dice < 1
+    for s, e, r in zip(samples, eroded, ev.per_image):
+        d = score_instances(s.inst_map, e.inst_map)
+        assert r.scores.pq == pytest.approx(d.pq) and r.scores.aji == pytest.approx(d.aji)
