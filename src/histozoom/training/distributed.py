@@ -91,6 +91,9 @@ def broadcast_object(obj, info: DistInfo, src: int = 0):
 def cleanup(info: DistInfo) -> None:
     """Destroy the process group if this module's caller started one."""
     if info.enabled and dist.is_initialized():
+        # every rank reaches this point before any tears down its connections: a rank
+        # leaving while another is still in a collective can abort the process (gloo)
+        dist.barrier()
         dist.destroy_process_group()
 
 
