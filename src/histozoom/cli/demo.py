@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the epochs (0 skips training)")
     p.add_argument("--bootstrap", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads while training (default 1: the numbers repeat bit for bit; 0 = torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -25,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     shared = Path(args.shared_data) if args.shared_data else default_shared_data()
     make = DemoConfig.long if args.long else DemoConfig.quick
-    kw = {"bootstrap": args.bootstrap, "seed": args.seed, "progress": not args.no_progress}
+    kw = {"bootstrap": args.bootstrap, "seed": args.seed, "progress": not args.no_progress,
+          "threads": args.threads or None}
     if args.epochs is not None:
         kw["epochs"] = args.epochs
     run_demo(make(Path(args.out), shared, **kw))
