@@ -18,7 +18,8 @@ from histozoom.training.experiment import (
     format_ci,
     mean_ci,
 )
-from histozoom.training.trainer import Trainer, derive_seed, param_groups, train
+from histozoom.training.loop import derive_seed
+from histozoom.training.trainer import Trainer, param_groups, train
 
 TINY = {"encoder_name": "tu-test_resnet", "decoder_channels": 16}
 """A ~0.4 M parameter branch (timm's test ResNet); its blocks take no dropout."""

@@ -24,7 +24,6 @@ ResNet-34 DeepLabV3+ at 256 px on four times the data for longer.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +36,8 @@ from .data.synthetic import SynthConfig, write_synthetic_dataset
 from .evaluation import EvaluationReport, evaluate
 from .reports.tables import format_table
 from .training.config import TrainConfig
-from .training.trainer import DONE_FILE, TEST_PREDICTIONS, read_done, train
+from .training.loop import DONE_FILE, read_done
+from .training.trainer import TEST_PREDICTIONS, train
 
 Echo = Callable[[str], None]
 
@@ -99,9 +99,6 @@ class DemoConfig:
         base = dict(size=256, cell_mpp=0.2, tissue_mpp=0.8, n_train=128, n_val=16, n_test=64, epochs=150,
                     model_overrides={}, train={"batch_size": 8, "lr": 5e-4, "bn_recalibration": 8})
         return cls(out, shared_data, **{**base, **kw})
-
-    def replace(self, **changes: Any) -> "DemoConfig":
-        return dataclasses.replace(self, **changes)
 
 
 # ---------------------------------------------------------------------- steps

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -174,7 +175,7 @@ class NucleiPredictor:
 
     # ------------------------------------------------------------------ maps
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (self.amp and self.device.type == "cuda") else torch.no_grad()
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (self.amp and self.device.type == "cuda") else nullcontext()
         with torch.no_grad(), ctx:
             out = self.model(x)
         maps = {"class_prob": torch.softmax(out["class_logits"].float(), dim=1)}

@@ -116,17 +116,16 @@ class RunConfig(DictConfig):
     def common_problems(self):
         """Checks of the fields every run config has (``epochs, batch_size, lr,
         weight_decay, milestones, gamma, num_workers, bn_recalibration, stop_after``)."""
-        c: Any = self
         checks = [
-            (c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}"),
-            (c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
-            (c.lr > 0, f"lr must be > 0, got {c.lr}"),
-            (c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}"),
-            (all(0 < m <= 1 for m in c.milestones), f"milestones are fractions of the epochs in (0, 1], got {c.milestones}"),
-            (0 < c.gamma <= 1, f"gamma must be in (0, 1], got {c.gamma}"),
-            (c.num_workers is None or c.num_workers >= 0, f"num_workers must be >= 0, got {c.num_workers}"),
-            (c.bn_recalibration >= 0, f"bn_recalibration must be >= 0, got {c.bn_recalibration}"),
-            (c.stop_after is None or c.stop_after >= 1, f"stop_after must be >= 1, got {c.stop_after}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (all(0 < m <= 1 for m in self.milestones), f"milestones are fractions of the epochs in (0, 1], got {self.milestones}"),
+            (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
+            (self.num_workers is None or self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+            (self.bn_recalibration >= 0, f"bn_recalibration must be >= 0, got {self.bn_recalibration}"),
+            (self.stop_after is None or self.stop_after >= 1, f"stop_after must be >= 1, got {self.stop_after}"),
         ]
         return [msg for ok, msg in checks if not ok]
 

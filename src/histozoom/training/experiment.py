@@ -52,7 +52,8 @@ from ..errors import InputError
 from ..models.cell_tissue import SHARE_MODES, all_sharing_configs
 from ..reports.tables import format_table
 from .config import TRAIN_CONFIG_FILE, TrainConfig
-from .trainer import read_done, train
+from .loop import read_done
+from .trainer import train
 
 PAPER_MODELS = ("cell-only", "pred-to-input", "pred-to-inter-1", "pred-to-inter-2", "pred-to-output",
                 "feature-sharing", "tissue-label-leaking")

@@ -122,6 +122,7 @@ class NucleiTrainer(RunLoop):
         if len(self.train_data) == 0:
             raise InputError(cfg.data, f"training split {cfg.train_split!r} is empty")
         self.val_data = _split(cfg.data, cfg.val_split)
+        self._val_tiles: list | None = None
         self.test_data = _split(cfg.data, cfg.test_split)
         if cfg.val_split and self.val_data is None:
             self.log(f"no split {cfg.val_split!r}: no validation; the last epoch is kept as best")
@@ -183,10 +184,9 @@ class NucleiTrainer(RunLoop):
     def predictor(self, model: torch.nn.Module | None = None) -> NucleiPredictor:
         return NucleiPredictor(unwrap(model or self.model), self.classes, self.watershed, device=self.device, amp=self.amp)
 
-    def _score(self, predictor: NucleiPredictor, data: NucleiDataset) -> tuple[dict, list]:
-        samples = list(data)
+    def _score(self, predictor: NucleiPredictor, samples: list) -> tuple[dict, list]:
         preds = predictor.predict_samples(samples)
-        ev = evaluate_samples([p.sample() for p in preds], samples, classes=self.classes)
+        ev = evaluate_samples(preds, samples, classes=self.classes)
         m = ev.mean
         num = lambda v: None if v != v else float(v)  # noqa: E731 - NaN (undefined) -> null in JSON
         scores = {"aPQ": num(m.apq), "PQ": num(m.pq), "DQ": num(m.dq), "SQ": num(m.sq), "Dice": num(m.dice),
@@ -198,7 +198,9 @@ class NucleiTrainer(RunLoop):
             return None
         was_training = self.model.training
         try:
-            scores, _ = self._score(self.predictor(), self.val_data)
+            if self._val_tiles is None:  # read from disk once: validation runs every epoch
+                self._val_tiles = list(self.val_data)
+            scores, _ = self._score(self.predictor(), self._val_tiles)
         finally:
             self.model.train(was_training)
         return scores
@@ -215,7 +217,7 @@ class NucleiTrainer(RunLoop):
         if self.test_data is None:
             return None
         model = from_pretrained(self.run / CHECKPOINT_NAME, map_location=str(self.device))
-        scores, preds = self._score(self.predictor(model), self.test_data)
+        scores, preds = self._score(self.predictor(model), list(self.test_data))
         for p in preds:
             p.write(self.run / TEST_PREDICTIONS_DIR, formats=("mat",))
         return scores

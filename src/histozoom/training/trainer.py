@@ -49,7 +49,7 @@ from ..models.checkpoint import from_pretrained
 from ..models.registry import get_config, model_family
 from .config import TRAIN_CONFIG_FILE, TrainConfig
 from .distributed import SINGLE, DistInfo, unwrap
-from .loop import CHECKPOINT_NAME, DONE_FILE, RunLoop, derive_seed, read_done  # noqa: F401 (re-exported)
+from .loop import CHECKPOINT_NAME, RunLoop
 from .losses import CellTissueLoss
 
 TEST_PREDICTIONS = "test_predictions.json"

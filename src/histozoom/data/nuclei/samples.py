@@ -88,14 +88,11 @@ class NucleiTrainSet(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def targets(self, index: int) -> dict[str, np.ndarray]:
-        if index not in self._targets:
-            self._targets[index] = tile_targets(self.samples[index])
-        return self._targets[index]
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.samples[index]
-        image, maps = sample.image, dict(self.targets(index))
+        if index not in self._targets:  # computed once per tile, from the sample just read
+            self._targets[index] = tile_targets(sample)
+        image, maps = sample.image, dict(self._targets[index])
         size = self.crop
         if size is not None:
             rng = self.augment.rng if self.augment is not None else np.random.default_rng(index)
