@@ -36,9 +36,8 @@ from test_metrics_detection import plain_counts  # noqa: E402  (the tests' refer
 
 from histozoom.data.challenge_json import read_challenge_json  # noqa: E402
 from histozoom.evaluation import EvaluationReport, MethodResult, bootstrap_report  # noqa: E402
-from histozoom.metrics.detection import count_detections  # noqa: E402
+from histozoom.metrics.detection import count_detections, scores_from_counts  # noqa: E402
 from histozoom.metrics.stats import percentile_ci, resample_weights  # noqa: E402
-from histozoom.metrics.detection import scores_from_counts  # noqa: E402
 from histozoom.pair import OCELOT_CELL_CLASSES, Points  # noqa: E402
 
 
@@ -51,8 +50,8 @@ def _rows(p: Points | None, with_prob: bool):
     if p is None:
         return []
     if with_prob:
-        return [(x, y, c, q) for (x, y), c, q in zip(p.xy.tolist(), p.cls.tolist(), p.prob.tolist())]
-    return [(x, y, c) for (x, y), c in zip(p.xy.tolist(), p.cls.tolist())]
+        return [(x, y, c, q) for (x, y), c, q in zip(p.xy.tolist(), p.cls.tolist(), p.prob.tolist(), strict=True)]
+    return [(x, y, c) for (x, y), c in zip(p.xy.tolist(), p.cls.tolist(), strict=True)]
 
 
 def plain_loop(gt, pred, images, radius):

@@ -28,7 +28,8 @@ round-robin as the bare forwards, so load changes hit both alike.
 Timing: all models are built in this process and timed round-robin (variant after
 variant, ``--repeats`` rounds), reporting the fastest call, so a change in machine load
 during the run hits every variant alike. On a CPU shared with other jobs use
-``--threads 1``: with more threads every parallel region waits for descheduled workers. Memory: each variant's forward runs in its own
+``--threads 1``: with more threads every parallel region waits for descheduled workers.
+Memory: each variant's forward runs in its own
 subprocess so peaks do not mix — on CUDA ``torch.cuda.max_memory_allocated`` (peak, and
 peak minus what was held before the forward); on CPU the process's peak resident set
 (``VmHWM``, reset through ``/proc/self/clear_refs`` before the forward when the kernel
@@ -55,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from histozoom.geometry import Placement
-from histozoom.models.registry import build_model
+from histozoom.models.registry import build_model, size_multiples
 from histozoom.pair import Pair
 
 RATIO_TARGET = 1.3
@@ -338,6 +339,16 @@ def main(argv=None) -> int:
 
     e2e = not args.no_e2e
     names = list(dict.fromkeys(["cell-only", *args.variants]))
+    # the bare forward gets exactly --size / --train-size px, so each must suit every model
+    multiples = size_multiples(None)
+    unknown = [n for n in names if n not in multiples]
+    if unknown:
+        p.error(f"unknown variants {unknown}")
+    for flag, side in (("--size", args.size), ("--train-size", args.train_size if args.train_repeats > 0 else None)):
+        bad = {n: multiples[n] for n in names if side is not None and side % multiples[n]}
+        if bad:
+            p.error(f"{flag} {side} is not a multiple of the models' size multiples: "
+                    + ", ".join(f"{n} needs {m}" for n, m in bad.items()))
     rows = {n: {"variant": n, **measure_memory(n, args)} for n in names}
     if e2e:
         for n in names:

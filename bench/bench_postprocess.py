@@ -50,17 +50,17 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from histozoom.data.nuclei.readers import CCRCC  # noqa: E402
-from histozoom.data.nuclei.synthetic import NucleiSynthConfig, generate_sample  # noqa: E402
-from histozoom.data.nuclei.targets import class_map, distance_map  # noqa: E402
-from histozoom.inference.watershed import (  # noqa: E402
+from histozoom.data.nuclei.readers import CCRCC
+from histozoom.data.nuclei.synthetic import NucleiSynthConfig, generate_sample
+from histozoom.data.nuclei.targets import class_map, distance_map
+from histozoom.inference.watershed import (
     WatershedConfig,
     classify_instances,
     instances_from_maps,
     nucleus_table,
 )
-from histozoom.metrics.instances import score_instances  # noqa: E402
-from histozoom.reports.geojson import instances_to_geojson  # noqa: E402
+from histozoom.metrics.instances import score_instances
+from histozoom.reports.geojson import instances_to_geojson
 
 
 def make_tile(size: int, nuclei: int, seed: int):
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     try:  # newer instances_from_maps: distance=None -> connected components (+ min_size, relabel)
         instances_from_maps(binary_prob, None, ws_cfg)
         steps["instances, no distance map"] = lambda: instances_from_maps(binary_prob, None, ws_cfg)
-    except Exception:  # noqa: BLE001 - an older version without that path
+    except Exception:
         pass
     steps |= {
         "watershed -> instances": lambda: instances_from_maps(binary_prob, dist, ws_cfg),

@@ -43,7 +43,8 @@ VARIANTS = ["cell-only", "tissue-label-leaking", "pred-to-input", "pred-to-inter
 
 
 def make_data(root: Path, size: int, n: int) -> Path:
-    from histozoom.data.synthetic import SynthConfig, write_synthetic_dataset
+    from histozoom.data.synthetic import SynthConfig
+    from histozoom.evaluation import write_synthetic_dataset
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")

@@ -29,7 +29,8 @@ def _one_torch_thread():
 
 def write_tiny_synthetic(root: Path, **overrides) -> Path:
     """A tiny 'simple' synthetic dataset (64 px views, 4/2/2 pairs) for model tests."""
-    from histozoom.data.synthetic import SynthConfig, write_synthetic_dataset
+    from histozoom.data.synthetic import SynthConfig
+    from histozoom.evaluation import write_synthetic_dataset
 
     cfg = dict(preset="simple", cell_size=64, tissue_size=64, n_train=4, n_val=2, n_test=2) | overrides
     with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -5,7 +5,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from histozoom.inference.decode import PeakConfig, decode_cells, decode_cells_torch, find_peaks, find_peaks_torch
+from histozoom.inference.decode import (
+    PeakConfig,
+    decode_cells,
+    decode_cells_torch,
+    find_peaks,
+    find_peaks_torch,
+    keep_spaced,
+)
 from histozoom.pair import OCELOT_CELL_CLASSES
 
 
@@ -52,7 +59,7 @@ def test_decode_classes_and_confidences():
 @pytest.mark.parametrize("quantize", [None, 8, 3])
 def test_torch_and_numpy_finders_agree(quantize):
     rng = np.random.default_rng(2)
-    for trial in range(25):
+    for _trial in range(25):
         fg = ndimage.gaussian_filter(rng.uniform(size=(40, 48)), float(rng.uniform(0.5, 2.5)))
         fg = (fg - fg.min()) / np.ptp(fg)
         if quantize:  # plateaus and ties between neighbours
@@ -85,3 +92,67 @@ def test_batched_torch_decode_matches_numpy():
         np.testing.assert_array_equal(pts.xy, ref.xy)
         np.testing.assert_array_equal(pts.cls, ref.cls)
         np.testing.assert_allclose(pts.prob, ref.prob)
+
+
+# ---------------------------------------------------------------------- the spacing rule
+def test_spacing_rule_hand_worked():
+    """Visit in order; drop a point when an already *kept* one is closer than 3 (Chebyshev)."""
+    coords = np.array([[0, 0], [0, 2], [0, 4], [5, 5], [5, 7], [9, 0], [9, 3]])
+    # (0,0) kept; (0,2) 2 from (0,0): dropped; (0,4) 4 from (0,0) — the dropped (0,2) at 2
+    # suppresses nothing: kept; (5,5) 5 from (0,4): kept; (5,7) 2 from (5,5): dropped;
+    # (9,0) kept; (9,3) exactly 3 from (9,0), not closer: kept.
+    assert keep_spaced(coords, 3).tolist() == [True, False, True, True, False, True, True]
+    # the order decides which of two close points stays
+    assert keep_spaced(coords[[1, 0]], 3).tolist() == [True, False]
+    # Euclidean: (2,2) is 2.83 from (0,0), closer than 3: dropped; (0,3) is exactly 3: kept
+    assert keep_spaced(np.array([[0, 0], [2, 2], [0, 3]]), 3, p_norm=2).tolist() == [True, False, True]
+    assert keep_spaced(np.zeros((0, 2)), 3).tolist() == []
+    assert keep_spaced(np.array([[1, 1], [1, 1]]), 0).tolist() == [True, True]
+
+
+def _greedy_reference(coords, spacing, p_norm):
+    kept = []
+    for i, c in enumerate(coords):
+        if all(np.linalg.norm(c - coords[j], ord=p_norm) >= spacing for j in kept):
+            kept.append(i)
+    mask = np.zeros(len(coords), bool)
+    mask[kept] = True
+    return mask
+
+
+@pytest.mark.parametrize("p_norm", [np.inf, 2])
+def test_spacing_rule_equals_brute_force_greedy(p_norm):
+    rng = np.random.default_rng(4)
+    for _ in range(10):
+        coords = rng.integers(0, 30, (300, 2))
+        spacing = int(rng.integers(1, 7))
+        np.testing.assert_array_equal(keep_spaced(coords, spacing, p_norm), _greedy_reference(coords, spacing, p_norm))
+
+
+@pytest.mark.parametrize("p_norm", [np.inf, 2])
+def test_spacing_rule_equals_scikit_image(p_norm):
+    """Against scikit-image's own (private) ensure_spacing, where it can be imported; it
+    processes points in batches, which must not change the result."""
+    try:
+        from skimage._shared.coord import ensure_spacing
+    except ImportError:
+        pytest.skip("skimage._shared.coord.ensure_spacing is not importable in this scikit-image")
+    rng = np.random.default_rng(5)
+    for n in (2, 40, 700, 3000):  # 700 and 3000 span several of its batches
+        coords = rng.integers(0, int(np.sqrt(n) * 3) + 2, (n, 2))
+        for spacing in (1, 2, 3, 5):
+            ref = ensure_spacing(coords, spacing=spacing, p_norm=p_norm)
+            np.testing.assert_array_equal(coords[keep_spaced(coords, spacing, p_norm)], ref)
+
+
+def test_plateaus_match_peak_local_max():
+    """Wide flat tops (many tied candidates within min_distance): the torch finder with our
+    spacing rule returns peak_local_max's peaks, in its order."""
+    fg = np.zeros((60, 70))
+    fg[5:12, 5:20] = 0.9  # a 7x15 plateau
+    fg[30:33, 40:43] = 0.9
+    fg[31, 50] = 0.9  # tied with the plateaus, 8 px from the second one
+    fg[50:58:2, 10:30:3] = 0.7  # a lattice of isolated equal peaks, 2-3 px apart
+    for md in (1, 2, 3, 4, 8):
+        ref = find_peaks(fg, md, 0.1)
+        np.testing.assert_array_equal(find_peaks_torch(torch.from_numpy(fg)[None], md, 0.1)[0], ref)

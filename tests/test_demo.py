@@ -1,10 +1,16 @@
-"""The README's main job, at a tiny size: every step runs, re-runs reuse, the table is built."""
+"""The README's main job, at a tiny size: every step runs, re-runs reuse, the table is
+built, and the tissue view reaches the cell predictions of the context model (and only
+of it) through the whole demo pipeline: dataset on disk, training, checkpoint, predictor."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from histozoom.data.open import open_dataset
 from histozoom.demo import DemoConfig, ordering_check, run_demo
+from histozoom.inference.predictor import Predictor
 
 
 def test_tiny_demo_runs_and_reuses(tmp_path):
@@ -26,6 +32,23 @@ def test_tiny_demo_runs_and_reuses(tmp_path):
     lines.clear()
     run_demo(cfg, lines.append)  # second run: everything reused
     assert sum("reusing finished run" in line for line in lines) == len(cfg.models)
+    _check_context_reaches_cell_branch(out, cfg.models)
+
+
+def _check_context_reaches_cell_branch(out: Path, models) -> None:
+    """Swap the tissue views of two test pairs: the cell probabilities of Pred-to-inter-2
+    and of the leaking model must change, those of Cell-only must not."""
+    test = open_dataset(out / "synth_context").split("test")
+    a, b = test[0], test[1]
+    swapped = a.replace(tissue_image=b.tissue_image, tissue_mask=b.tissue_mask)
+    for model in models:
+        pred = Predictor.from_checkpoint(out / "runs" / model)
+        own, other = pred.probabilities([a, swapped])
+        change = float(np.abs(own - other).max())
+        if model == "cell-only":
+            assert change == 0.0, model
+        else:
+            assert change > 1e-4, f"{model}: the tissue view does not reach the cell output ({change})"
 
 
 def test_long_config_is_closer_to_the_paper():

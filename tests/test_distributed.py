@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from histozoom.data.synthetic import SynthConfig, write_synthetic_dataset
+from histozoom.data.synthetic import SynthConfig
+from histozoom.evaluation import write_synthetic_dataset
 from histozoom.training.distributed import SINGLE, DistInfo, EpochSampler
 
 

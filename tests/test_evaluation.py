@@ -6,13 +6,19 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_pair
+
 from histozoom.cli import main
 from histozoom.data.challenge_json import write_challenge_points
 from histozoom.data.ocelot_release import OcelotReleaseWriter
+from histozoom.data.open import open_dataset
 from histozoom.errors import InputError
-from histozoom.evaluation import evaluate, load_ground_truth
+from histozoom.evaluation import (
+    evaluate,
+    load_ground_truth,
+    score_split,
+    split_ground_truth,
+)
 from histozoom.metrics.detection import count_detections, match_image
 from histozoom.metrics.subgroups import tissue_at_points
 from histozoom.pair import Points
@@ -114,10 +120,10 @@ def test_csv_folders_align_by_name(toy, tmp_path):
     gdir, pdir = tmp_path / "gt", tmp_path / "pred"
     gdir.mkdir(), pdir.mkdir()
     for k, pts in gt.items():
-        rows = [f"{int(x)},{int(y)},{c}" for (x, y), c in zip(pts.xy, pts.cls)]
+        rows = [f"{int(x)},{int(y)},{c}" for (x, y), c in zip(pts.xy, pts.cls, strict=True)]
         (gdir / f"{ids[k]}.csv").write_text("x,y,class\n" + "\n".join(rows) + "\n")
         p = good[k]
-        rows = [f"{int(x)},{int(y)},{c},{float(q)!r}" for (x, y), c, q in zip(p.xy, p.cls, p.prob)]
+        rows = [f"{int(x)},{int(y)},{c},{float(q)!r}" for (x, y), c, q in zip(p.xy, p.cls, p.prob, strict=True)]
         (pdir / f"{ids[k]}.csv").write_text("\n".join(rows) + "\n")
     rep = evaluate(str(pdir), str(gdir), image_size=64)
     keys = sorted(gt)  # the numeric order of the names is the image order
@@ -195,6 +201,38 @@ def test_cli_bad_prediction_file(release, tmp_path, capsys):
     assert rc == 2 and str(bad) in err and "points[1] (image_1)" in err and "64x48" in err
     rc = main(["evaluate", "--pred", str(bad), "--gt", str(root), "--split", "nope"])
     assert rc == 2 and "split 'nope' not found" in capsys.readouterr().err
+
+
+def test_split_ground_truth_is_the_one_way_from_a_split(release, tmp_path):
+    from histozoom.inference.predictor import Predictions
+
+    root, pairs = release
+    order = sorted(pairs)
+    split = open_dataset(root).split("test")
+    gt = split_ground_truth(split)
+    assert list(gt) == [0, 1, 2, 3]
+    for k, sid in enumerate(order):
+        np.testing.assert_array_equal(gt[k].xy, pairs[sid].cell_points.xy)
+    seen = []
+    visited = split_ground_truth(split, lambda k, pair: seen.append((k, pair.id)))
+    assert seen == list(enumerate(order))
+    assert all(np.array_equal(visited[k].xy, gt[k].xy) for k in gt)
+    # The evaluate path reads the same points (with or without loading the pairs).
+    for with_pairs in (False, True):
+        ps = load_ground_truth(root, split="test", with_pairs=with_pairs)
+        assert sorted(ps.points) == sorted(gt) and all(np.array_equal(ps.points[k].cls, gt[k].cls) for k in gt)
+        assert [ps.name(k) for k in range(4)] == order
+    # In-memory scoring (the trainer's) agrees with scoring the written file.
+    rng = np.random.default_rng(2)
+    preds = {k: _jitter(rng, gt[k], noise=2, size=48) for k in gt}
+    pred = Predictions(preds, order, organs={k: pairs[sid].organ for k, sid in enumerate(order)})
+    s = score_split(pred, split)
+    given = score_split(pred, split, gt)
+    assert (s["mF1"], s["f1"], s["organs"]) == (given["mF1"], given["f1"], given["organs"])
+    path = pred.write_challenge_json(tmp_path / "p.json")
+    rep = evaluate(str(path), str(root), split="test", bootstrap=0)
+    assert s["mF1"] == pytest.approx(rep.methods[0].scores().mf1)
+    assert set(s["organs"]) == {"kidney", "lung"}
 
 
 def test_json_gt_with_metadata_and_tissue_masks(release, tmp_path, capsys):

@@ -13,6 +13,7 @@ from histozoom.metrics.detection import (
     candidate_pairs,
     challenge_scores,
     count_detections,
+    greedy_match,
     match_image,
     match_points,
     per_image_f1,
@@ -281,3 +282,47 @@ def test_ground_truth_against_itself_scores_one(test_gt):
     s = dc.scores()
     assert s.mf1 == 1.0 and s.challenge["mF1"] == 1.0
     assert (dc.counts[..., 1] == 0).all()
+
+
+# ---------------------------------------------------------------------- visiting order
+def _counts_in_order(gt: Points, pred: Points, cid: int, rule: str) -> tuple[int, int, int]:
+    """Counts of one class when predictions are visited by ``rule``: "probability"
+    (histozoom, the report), "input" (list order) or "class_key" (the public eval.py:
+    numpy's default argsort of the negated class id, a constant key)."""
+    g, p = gt.xy[gt.cls == cid], pred.xy[pred.cls == cid]
+    prob = pred.prob[pred.cls == cid]
+    order = {
+        "probability": prediction_order(prob),
+        "input": np.arange(len(p)),
+        "class_key": np.argsort(-np.full(len(p), cid, np.float32)),
+    }[rule]
+    pi, gj, d2 = candidate_pairs(g, p, 15.0)
+    tp = int((greedy_match(len(p), len(g), pi, gj, d2, order) >= 0).sum())
+    return tp, len(p) - tp, len(g)
+
+
+def test_probability_order_differs_from_input_order():
+    # GT cells at x = 0 and x = 20. Prediction A (listed first, p = 0.2) at x = 9 is 9 px
+    # from GT0 and 11 px from GT1; prediction B (p = 0.9) at x = 2 reaches only GT0 (GT1
+    # is 18 px away, beyond 15 px).
+    gt = Points(np.array([[0.0, 0.0], [20.0, 0.0]]), np.array([1, 1]), np.ones(2))
+    pred = Points(np.array([[9.0, 0.0], [2.0, 0.0]]), np.array([1, 1]), np.array([0.2, 0.9]))
+    # By probability: B takes GT0, then A takes GT1 (11 px): 2 TP, 0 FP.
+    assert _counts_in_order(gt, pred, 1, "probability") == (2, 0, 2)
+    np.testing.assert_array_equal(match_image(gt, pred, 15.0, [1]), [[2, 0, 2]])
+    # In input order: A takes its nearest, GT0; B then finds nothing in reach: 1 TP, 1 FP.
+    assert _counts_in_order(gt, pred, 1, "input") == (1, 1, 2)
+
+
+def test_real_submissions_agree_under_all_three_orders(shared_data, test_gt):
+    for name in sorted(OFFICIAL):
+        pred = read_challenge_json(shared_data / "ocelot" / "predictions" / f"{name}.json").points
+        totals = {rule: np.zeros((2, 3), np.int64) for rule in ("probability", "input", "class_key")}
+        for k in test_gt.image_indices:
+            g, p = test_gt.points.get(k, Points.empty()), pred.get(k, Points.empty())
+            for rule, tot in totals.items():
+                for j, cid in enumerate((1, 2)):
+                    tot[j] += _counts_in_order(g, p, cid, rule)
+        np.testing.assert_array_equal(totals["input"], totals["probability"])
+        np.testing.assert_array_equal(totals["class_key"], totals["probability"])
+        assert challenge_scores(totals["probability"]) == pytest.approx(OFFICIAL[name])

@@ -67,15 +67,17 @@ def test_ties_share_the_better_rank():
     assert observed_ranks(np.array([0.2, 0.9, 0.2])).tolist() == [2, 1, 2]
 
 
-def test_ten_thousand_resamples_of_126_images_well_under_a_second():
+def test_ten_thousand_resamples_of_126_images():
+    """The report's bootstrap size on the challenge's image count (its speed is measured in
+    ``bench/bench_evaluation.py``): shapes, and CIs that contain the full-sample score."""
     rng = np.random.default_rng(1)
     counts = rng.integers(0, 200, size=(3, 126, 2, 3))  # 3 methods
-    t = time.perf_counter()
     w = resample_weights(126, 10_000, seed=0)
     samples = np.stack([scores_from_counts(resample_sums(w, c))["mf1"] for c in counts], axis=1)
-    percentile_ci(samples)
-    rank_probabilities(samples)
-    pairwise_win_probabilities(samples)
-    elapsed = time.perf_counter() - t
     assert samples.shape == (10_000, 3)
-    assert elapsed < 1.0, f"bootstrap took {elapsed:.3f} s"
+    lo, hi = percentile_ci(samples)
+    full = np.array([scores_from_counts(c.sum(axis=0))["mf1"] for c in counts])
+    assert (lo <= full).all() and (full <= hi).all()
+    np.testing.assert_allclose(rank_probabilities(samples).sum(axis=1), 1.0)
+    w2 = pairwise_win_probabilities(samples)
+    assert np.all(np.diag(w2) == 0) and np.all(w2 + w2.T <= 1 + 1e-12)

@@ -19,7 +19,15 @@ from histozoom.models.cell_tissue import (
     tissue_index,
     tissue_one_hot,
 )
-from histozoom.models.registry import PRED_TO_POSITIONS, build_model, get_config, list_models
+from histozoom.models.registry import (
+    PRED_TO_POSITIONS,
+    build_model,
+    describe_size_multiples,
+    get_config,
+    list_models,
+    model_family,
+    size_multiples,
+)
 
 B = 2
 # Different window per sample; the second one sticks out of the tissue image (zero fill).
@@ -338,6 +346,44 @@ def test_input_checks():
         build_model("tissue-label-leaking", **SMALL)(cell, windows=WINDOWS)
     with pytest.raises(ValueError, match="multiples of 32"):
         build_model("unet-cell-only")(cell[..., :48, :48])
+
+
+# ---------------------------------------------------------------------- input size multiples
+NUCLEI_TINY = dict(encoder_name="resnet18", decoder_channels=(16, 16, 8, 8, 8), lunet_channels=(4, 8),
+                   hrfe_channels=(8, 8, 16), hrfe_blocks=1, hrfe_stages=1)
+
+
+@pytest.mark.parametrize("name", list_models(None))
+def test_every_model_states_its_size_multiple(name):
+    """One source: the branch / encoder stride. Config and model agree, the encoder really
+    downsamples that much, and the model's own check names the model and the multiple."""
+    nuclei = model_family(name) == "nuclei"
+    cfg = get_config(name, **(NUCLEI_TINY if nuclei else TINY))
+    model = cfg.build().eval()
+    m = model.size_multiple
+    assert m == cfg.size_multiple == size_multiples(None)[name] and m in (16, 32)
+    bad = (2 * m, m + m // 2)
+    if nuclei:
+        assert m == model.encoder.body.output_stride
+        with pytest.raises(ValueError, match=f"{name}: image height and width must be multiples of {m}"):
+            model(torch.zeros(1, 3, *bad))
+        return
+    assert model.cell.size_multiple == model.cell.encoder.output_stride
+    assert (model.cell_size_multiple, model.tissue_size_multiple) == (cfg.cell_size_multiple, cfg.tissue_size_multiple)
+    if model.tissue is not None:
+        assert model.tissue.size_multiple == model.tissue.encoder.output_stride
+    reads_tissue = model.tissue is not None and cfg.tissue_input == "tissue"
+    assert model.tissue_size_multiple == (model.tissue.size_multiple if reads_tissue else 1)
+    assert model.size_multiple == max(model.cell_size_multiple, model.tissue_size_multiple)
+    cell, tissue, mask = make_inputs((2 * m, 2 * m), (2 * m, 2 * m))
+    with pytest.raises(ValueError, match=f"{name}: cell_img height and width must be multiples of {m}"):
+        model(cell[..., : bad[1]], tissue, WINDOWS, mask)
+
+
+def test_size_multiples_for_help_texts():
+    assert size_multiples()["unet-cell-only"] == 32 and size_multiples()["cell-only"] == 16
+    assert describe_size_multiples() == "16, or 32 for unet-cell-only"
+    assert describe_size_multiples("nuclei") == "32"
 
 
 # ---------------------------------------------------------------------- local ImageNet weights

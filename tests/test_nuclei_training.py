@@ -16,10 +16,16 @@ from histozoom.data.nuclei.readers import CCRCC, CCRCC_CLASSES, NucleiSample, op
 from histozoom.data.nuclei.samples import NucleiAugment, NucleiTrainSet
 from histozoom.data.nuclei.synthetic import NucleiSynthConfig, write_synthetic_nuclei
 from histozoom.data.nuclei.targets import class_map, distance_map
+from histozoom.data.samples import image_tensor
 from histozoom.inference.nuclei_predictor import NucleiPredictor
 from histozoom.metrics.instances import score_instances
+from histozoom.models.registry import build_model, list_models
 from histozoom.nuclei_evaluation import read_nuclei_labels
-from histozoom.training.nuclei_trainer import NucleiTrainConfig, NucleiTrainer, train_nuclei
+from histozoom.training.nuclei_trainer import (
+    NucleiTrainConfig,
+    NucleiTrainer,
+    train_nuclei,
+)
 
 TINY = {"encoder_name": "resnet18", "decoder_channels": [16, 16, 8, 8, 8], "lunet_channels": [4, 8],
         "hrfe_channels": [8, 8, 16], "hrfe_blocks": 1, "hrfe_stages": 2}
@@ -75,7 +81,9 @@ def test_targets_come_from_the_whole_tile_and_padding_is_background():
 class _OracleModel(torch.nn.Module):
     """Reads the instance ids that :func:`_grid_sample` encodes in the red channel and
     returns their true maps (logits of +-20): equivariant to flips and rotations, so TTA
-    must give the same answer."""
+    must give the same answer. Declares CHR-Net's size multiple, so tiles get padded."""
+
+    size_multiple = 32
 
     def __init__(self, inst_class: dict[int, int], n_classes: int = 4, with_distance: bool = True):
         super().__init__()
@@ -111,6 +119,37 @@ def test_predictor_without_distance_uses_components():
     from scipy import ndimage
 
     assert pred.n_instances == ndimage.label(s.inst_map > 0)[1]
+
+
+def _check_unaligned_tile(name: str, h: int, w: int, overrides: dict) -> None:
+    """The predictor pads the tile to the model's multiple and crops every map back: the maps
+    are the model's on the padded tile at the tile's own pixels, the instances lie inside."""
+    torch.manual_seed(0)
+    model = build_model(name, **overrides).eval()
+    m = model.size_multiple
+    assert h % m and w % m
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    pred = NucleiPredictor(model, CCRCC_CLASSES, keep_maps=True)
+    assert pred.multiple == m
+    out = pred.predict(image, "t")
+    assert out.inst_map.shape == (h, w)
+    for key, maps in out.maps.items():
+        assert maps.shape[-2:] == (h, w), key
+    x = torch.nn.functional.pad(image_tensor(image)[None], (0, -w % m, 0, -h % m), mode="reflect")
+    with torch.no_grad():
+        direct = torch.softmax(model(x)["class_logits"], dim=1)[0, :, :h, :w].numpy()
+    np.testing.assert_allclose(out.maps["class_prob"], direct, atol=1e-6)
+    for row in out.table():
+        assert 0 <= row["centroid_x"] <= w - 1 and 0 <= row["centroid_y"] <= h - 1
+
+
+@pytest.mark.parametrize("name", list_models("nuclei"))
+def test_every_nuclei_model_predicts_an_unaligned_tile(name):
+    _check_unaligned_tile(name, 72, 88, TINY)  # neither side a multiple of 32
+
+
+def test_nuclei_predictor_on_a_1040_px_tile():
+    _check_unaligned_tile("unet-nuclei", 1040, 1040, TINY)
 
 
 def test_prediction_outputs(tmp_path):
@@ -169,6 +208,12 @@ def test_trainer_rejects_wrong_family_and_bad_config(tiles, tmp_path):
         NucleiTrainer(_cfg(tiles, model="cell-only"), tmp_path / "a")
     with pytest.raises(ValueError, match="crop must be a multiple of 32"):
         _cfg(tiles, crop=40)
+    with pytest.raises(ValueError, match=r"crop must be a multiple of 32 \(the input size multiple of model 'unet-nuclei'\)"):
+        _cfg(tiles, model="unet-nuclei", crop=48)
+    cfg = _cfg(tiles)
+    cfg.crop = 48  # past the config's own check: the trainer asks the resolved model config again
+    with pytest.raises(InputError, match="crop must be a multiple of 32 .*'chrnet'.*got 48"):
+        NucleiTrainer(cfg, tmp_path / "b")
     with pytest.raises(ValueError, match="watershed"):
         _cfg(tiles, watershed={"min_size": -1})
 

@@ -9,26 +9,28 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import write_tiny_synthetic
+from conftest import make_pair, write_tiny_synthetic
 from histozoom.cli import main
 from histozoom.data.challenge_json import read_challenge_json
 from histozoom.data.gc_container import write_container
 from histozoom.data.open import open_dataset
 from histozoom.evaluation import evaluate
 from histozoom.geometry import Placement, tissue_to_cell
+from histozoom.inference import tta as tta_lib
 from histozoom.inference.decode import PeakConfig
 from histozoom.inference.predictor import (
-    DIHEDRAL,
     Predictions,
     Predictor,
     dihedral_pair,
-    invert_dihedral,
+    input_multiples,
     pad_pair,
     pair_from_images,
     to_original,
 )
+from histozoom.inference.tta import DIHEDRAL
+from histozoom.inference.tta import invert as invert_dihedral
 from histozoom.models.checkpoint import from_pretrained, save_pretrained
-from histozoom.models.registry import build_model
+from histozoom.models.registry import build_model, get_config, list_models
 from histozoom.pair import OCELOT_CELL_CLASSES, Pair, Points
 
 TINY = {"encoder_name": "tu-test_resnet", "decoder_channels": 16, "cell_dropout": 0.0, "tissue_dropout": 0.0}
@@ -42,7 +44,10 @@ def data64(tmp_path_factory):
 
 class SpotModel(nn.Module):
     """Finds bright spots in the cell view; the class comes from the tissue view's red
-    channel inside the window (TC where red) — geometry-sensitive in both views."""
+    channel inside the window (TC where red) — geometry-sensitive in both views. It declares
+    a size multiple so the predictor pads unaligned views for it."""
+
+    size_multiple = 16
 
     def forward(self, cell_img, tissue_img, windows, tissue_mask=None):
         h, w = cell_img.shape[-2:]
@@ -93,6 +98,43 @@ def test_dihedral_inversion_roundtrip():
         assert torch.equal(invert_dihedral(fwd, flip, k), maps)
 
 
+def test_tta_transforms_are_the_dihedral_group_and_invert_exactly():
+    x = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    seen = set()
+    for flip, k in DIHEDRAL:
+        y = tta_lib.apply(x, flip, k)
+        ref = np.rot90(x.numpy()[..., ::-1] if flip else x.numpy(), k, axes=(2, 3))
+        assert torch.equal(y, torch.from_numpy(np.ascontiguousarray(ref)))  # flip, then rotate
+        assert torch.equal(tta_lib.invert(y, flip, k), x)  # exact: only element order changes
+        seen.add(y.numpy().tobytes())
+    assert len(seen) == 8 and DIHEDRAL[0] == (False, 0)
+    assert tta_lib.as_transforms(True) == list(DIHEDRAL) and tta_lib.as_transforms(False) == [(False, 0)]
+    assert tta_lib.as_transforms([(1, 5)]) == [(True, 1)]
+
+
+def test_tta_of_an_equivariant_function_equals_the_plain_output():
+    """A symmetric 3×3 blur (zero padding) commutes with every flip/rotation; so does a
+    pointwise map. Their TTA average is the plain output; a shift is not equivariant."""
+    x = torch.randn(1, 2, 9, 12, generator=torch.Generator().manual_seed(1))
+    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
+
+    def fn(t):
+        blur = torch.nn.functional.conv2d(t.reshape(-1, 1, *t.shape[-2:]), kernel[None, None], padding=1)
+        return {"blur": blur.reshape(t.shape), "square": t ** 2}
+
+    plain = fn(x)
+    avg = tta_lib.average(fn, x, DIHEDRAL)
+    assert set(avg) == {"blur", "square"}
+    for name in plain:
+        torch.testing.assert_close(avg[name], plain[name], rtol=0, atol=1e-6)
+    shifted = tta_lib.average(lambda t: torch.roll(t, 1, dims=-1), x)
+    assert not torch.allclose(shifted, torch.roll(x, 1, dims=-1))
+    mean = tta_lib.MapMean()
+    for t in DIHEDRAL:
+        mean.add(tta_lib.apply(x, *t), t)
+    torch.testing.assert_close(mean.mean(), x, rtol=0, atol=1e-6)
+
+
 def test_to_original_pixel_centre_convention():
     xy = np.array([[0.0, 0.0], [31.0, 15.0]])
     out = to_original(xy, (32, 16), (64, 64))
@@ -102,7 +144,7 @@ def test_to_original_pixel_centre_convention():
 
 def test_pad_pair_keeps_geometry():
     pair = spot_pair(cell_size=(72, 56), tissue_size=(70, 60), centre=(0.45, 0.5))
-    padded, orig = pad_pair(pair)
+    padded, orig = pad_pair(pair, 16)
     assert orig == (72, 56) and padded.cell_size == (80, 64) and padded.tissue_size == (80, 64)
     a = pair.placement.cell_to_tissue_points(np.array([[10.0, 20.0]]))
     b = padded.placement.cell_to_tissue_points(np.array([[10.0, 20.0]]))
@@ -144,6 +186,67 @@ def test_label_leaking_needs_tissue_masks():
     assert len(Predictor(model).probabilities([pair])) == 1
     with pytest.raises(Exception, match="tissue mask"):
         Predictor(model).predict_pair(pair.replace(tissue_mask=None))
+
+
+# ---------------------------------------------------------------------- every model, unaligned sizes
+def _tiny_cell_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = get_config(name, **TINY).build().eval()
+    with torch.no_grad():  # foreground above the threshold on most pixels: many detections
+        model.cell.head[0].bias[0] -= 2.0
+    return model
+
+
+def _check_in_original_frame(pred: Predictor, pair: Pair, threshold: float) -> Points:
+    """Maps at the original cell size; every detection an integer pixel inside the image
+    whose probability is the map's there (so it was not shifted, rescaled or taken from
+    the padding and clipped back)."""
+    w, h = pair.cell_size
+    prob = pred.probabilities([pair])[0]
+    assert prob.shape == (3, h, w)
+    np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-5)
+    pts = pred.predict_pair(pair)
+    assert len(pts) > 0
+    x, y = pts.xy[:, 0], pts.xy[:, 1]
+    assert ((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)).all()
+    assert np.array_equal(pts.xy, np.rint(pts.xy))
+    xi, yi = x.astype(int), y.astype(int)
+    channel = np.searchsorted(np.asarray(OCELOT_CELL_CLASSES.ids), pts.cls) + 1
+    np.testing.assert_allclose(pts.prob, prob[channel, yi, xi], rtol=1e-6)
+    assert (1.0 - prob[0, yi, xi] > threshold).all()
+    return pts
+
+
+@pytest.mark.parametrize("name", list_models("cell-tissue"))
+def test_every_model_predicts_unaligned_views_in_the_original_frame(name):
+    """88×72 cell and 76×92 tissue views: no side is a multiple of any model's stride, so
+    the predictor pads each view to what the model asks and maps everything back."""
+    model = _tiny_cell_model(name)
+    cfg = model.config
+    assert input_multiples(model) == (cfg.cell_size_multiple, cfg.tissue_size_multiple, cfg.size_multiple)
+    pair = make_pair(np.random.default_rng(0), cell_size=(88, 72), tissue_size=(76, 92))
+    assert all(side % model.cell_size_multiple for side in pair.cell_size)
+    _check_in_original_frame(Predictor(model, peak_cfg=PeakConfig(2.0, 0.3)), pair, 0.3)
+
+
+def test_unet_predicts_a_1040_px_view():
+    """1040 = 65 × 16: DeepLabV3+'s multiple but not the U-Net's (32), the case that used
+    to pass every check and then fail inside the model."""
+    model = _tiny_cell_model("unet-cell-only")
+    assert model.size_multiple == 32 and 1040 % 32
+    pair = make_pair(np.random.default_rng(1), cell_size=(1040, 1040), tissue_size=(300, 300), centre=(0.5, 0.5))
+    pts = _check_in_original_frame(Predictor(model, peak_cfg=PeakConfig(2.0, 0.3)), pair, 0.3)
+    assert pts.xy.max() > 1024  # detections in the last, padded, 32-px stripe are kept
+
+
+def test_predictor_size_must_be_a_multiple_of_the_models():
+    unet = build_model("unet-cell-only", **TINY)
+    with pytest.raises(ValueError, match=r"multiple of 32 \(the input size multiple of model 'unet-cell-only'\), got 48"):
+        Predictor(unet, size=48)
+    assert Predictor(unet, size=64).size == 64
+    assert Predictor(build_model("cell-only", **TINY), size=48).size == 48
+    with pytest.raises(ValueError, match="multiple of 16"):
+        Predictor(build_model("cell-only", **TINY), size=40)
 
 
 # ---------------------------------------------------------------------- writers and checkpoints
@@ -212,6 +315,17 @@ def test_container_and_single_pair_inputs(data64, tmp_path):
 
 
 # ---------------------------------------------------------------------- the CLI contract
+def test_cli_predict_size_is_checked_against_the_model(data64, tmp_path, capsys):
+    split = open_dataset(data64).split("test")
+    save_pretrained(build_model("unet-cell-only", **TINY).eval(), tmp_path / "ck", extra={"spec": split.spec.to_dict()})
+    base = ["predict", "--checkpoint", str(tmp_path / "ck"), "--data", str(data64), "--split", "test", "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "a.json"), "--size", "48"]) == 2
+    assert "multiple of 32 (the input size multiple of model 'unet-cell-only'), got 48" in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()
+    assert main(base + ["--out", str(tmp_path / "b.json"), "--size", "64"]) == 0
+    read_challenge_json(tmp_path / "b.json", strict=True)
+
+
 def test_cli_train_predict_evaluate(data64, tmp_path, capsys):
     run, pj = tmp_path / "RUN", tmp_path / "P.json"
     args = ["train", "--data", str(data64), "--model", "pred-to-inter-2", "--out", str(run), "--epochs", "2",

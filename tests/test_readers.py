@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_pair
+
 from histozoom.data.base import DatasetSpec
 from histozoom.data.gc_container import GrandChallengeContainer, write_container
 from histozoom.data.io import read_points_csv, read_rgb
 from histozoom.data.ocelot_release import OcelotRelease, OcelotReleaseWriter
-from histozoom.data.open import open_dataset
+from histozoom.data.open import detect_format, is_dataset, open_dataset, pick_split
 from histozoom.data.own_layout import OwnDataset, write_own_dataset
 from histozoom.errors import InputError
 from histozoom.pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, ClassSet
@@ -68,7 +68,7 @@ def test_release_round_trip(tmp_path, pairs):
     assert isinstance(ds, OcelotRelease) and ds.splits == ["train", "test"]
     train = ds.split("train")
     assert train.ids == ["000", "001"]
-    for a, b in zip(pairs[:2], train):
+    for a, b in zip(pairs[:2], train, strict=True):
         pairs_equal(a, b)
     assert train[0].organ == "kidney"
 
@@ -89,7 +89,7 @@ def test_container_round_trip(tmp_path, pairs):
     write_container(tmp_path, pairs)
     c = open_dataset(tmp_path).split("container")
     assert c.ids == ["000", "001", "002"]
-    for a, b in zip(pairs, c):
+    for a, b in zip(pairs, c, strict=True):
         np.testing.assert_array_equal(a.cell_image, b.cell_image)
         assert a.placement.fractions() == pytest.approx(b.placement.fractions())
 
@@ -209,6 +209,34 @@ def test_bad_own_layout_index(tmp_path):
 def test_not_a_dataset(tmp_path):
     with pytest.raises(InputError, match="not a dataset"):
         open_dataset(tmp_path)
+
+
+def test_detect_format_and_pick_split(tmp_path, pairs):
+    release, container, own, plain = (tmp_path / n for n in ("release", "container", "own", "plain"))
+    with OcelotReleaseWriter(release) as w:
+        w.add(pairs[0], "train", image_ext=".png")
+        w.add(pairs[1], "val", image_ext=".png")
+    write_container(container, pairs)
+    write_own_dataset(own, DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES), {"train": pairs[:1]})
+    plain.mkdir()
+    (plain / "000.csv").write_text("1,2,1\n")
+    assert [detect_format(p) for p in (release, container, own, plain)] == ["release", "container", "own", None]
+    assert [is_dataset(p) for p in (release, container, own, plain, tmp_path / "missing")] == [True] * 3 + [False] * 2
+    two = open_dataset(release)
+    assert pick_split(two, "val") == "val"
+    with pytest.raises(InputError, match=r"release: the dataset has several splits \(train, val\)"):
+        pick_split(two, None, release)
+    with pytest.raises(InputError, match=r"split 'test' not found \(available: train, val\)"):
+        pick_split(two, "test", release)
+    assert pick_split(open_dataset(container)) == "container"
+    assert pick_split(open_dataset(own)) == "train"
+
+
+def test_bad_json_names_the_file(tmp_path, pairs):
+    write_container(tmp_path, pairs)
+    (tmp_path / "metadata.json").write_text("[{")
+    with pytest.raises(InputError, match=r"metadata\.json: invalid metadata \(line 1, column 3"):
+        GrandChallengeContainer(tmp_path)
 
 
 def test_writer_leaves_no_partial_files(tmp_path, pairs, monkeypatch):

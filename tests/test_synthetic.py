@@ -11,16 +11,17 @@ from scipy.spatial.distance import pdist
 from histozoom.cli import main
 from histozoom.data.ocelot_release import OcelotRelease
 from histozoom.data.synthetic import (
+    SIMPLE_MORPHOLOGY,
     SYNTHETIC_JSON,
     SynthConfig,
     _solve_class_probabilities,
     context_statistics,
     generate_pair,
     iter_synthetic_pairs,
-    oracle_mf1,
     split_seed,
-    write_synthetic_dataset,
+    write_synthetic_release,
 )
+from histozoom.evaluation.oracles import oracle_mf1, write_synthetic_dataset
 from histozoom.geometry import cell_to_tissue_np
 from histozoom.pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES
 
@@ -112,6 +113,40 @@ def test_written_dataset_reads_back_and_is_reproducible(tmp_path):
     write_synthetic_dataset(root, SynthConfig(cell_size=128, tissue_size=128, n_train=1, n_val=0, n_test=0),
                             overwrite=True)
     assert OcelotRelease(root).splits == ["train"]
+
+
+def test_config_round_trip_and_release_writer(tmp_path):
+    cfg = SynthConfig(preset="simple", cell_size=128, tissue_size=128, n_train=1, n_val=0, n_test=1)
+    assert cfg.cell_morphology == SIMPLE_MORPHOLOGY
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert d["organs"] == list(cfg.organs) and d["morphology"]["radius_um"]["tc"] == SIMPLE_MORPHOLOGY.radius_um.tc
+    assert SynthConfig.from_dict(d) == cfg
+    with pytest.raises(ValueError, match="unknown SynthConfig fields"):
+        SynthConfig.from_dict({**d, "nope": 1})
+    # The data layer writes the pairs and hands over per-cell summaries; synthetic.json
+    # (with the oracle scores) is the evaluation package's.
+    root, summaries = write_synthetic_release(tmp_path / "r", cfg)
+    assert not (root / SYNTHETIC_JSON).exists()
+    assert [len(summaries[s]) for s in ("train", "val", "test")] == [1, 0, 1]
+    assert summaries["test"][0]["feats"].shape[1] == 4
+
+
+def test_data_layer_imports_no_metrics_or_evaluation():
+    import ast
+    from pathlib import Path
+
+    import histozoom.data
+
+    for path in sorted(Path(histozoom.data.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert not any(part in ("metrics", "evaluation") for part in name.split(".")), (path.name, name)
 
 
 def test_sizes_mpp_and_validation():
@@ -269,3 +304,15 @@ def test_cli_writes_dataset(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["splits"]["train"]["stats"]["n_pairs"] == 1
     assert main(["synth", str(tmp_path / "bad"), "--cell-size", "130"]) == 2
+
+
+def test_config_round_trip_and_preset_change_brings_its_morphology():
+    from histozoom.data.synthetic import CONTEXT_MORPHOLOGY, SIMPLE_MORPHOLOGY
+
+    cfg = SynthConfig(preset="context", n_train=3)
+    assert SynthConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.replace(preset="simple").morphology == SIMPLE_MORPHOLOGY
+    custom = SynthConfig(preset="simple", morphology=CONTEXT_MORPHOLOGY)
+    assert custom.replace(preset="context", n_train=1).morphology == CONTEXT_MORPHOLOGY
+    with pytest.raises(ValueError, match="unknown SynthConfig fields"):
+        cfg.replace(n_trian=1)

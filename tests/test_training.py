@@ -53,6 +53,13 @@ def test_config_roundtrip_and_validation(tmp_path):
     assert TrainConfig(epochs=300).milestone_epochs() == [180, 240]
     with pytest.raises(ValueError, match="multiple of 16"):
         TrainConfig(size=40)
+    # the multiple is the model's: 48 suits DeepLabV3+ (16) but not the U-Net (32)
+    assert TrainConfig(model="cell-only", size=48).size == 48
+    msg = r"size must be a multiple of 32 \(the input size multiple of model 'unet-cell-only'\), got 48"
+    with pytest.raises(ValueError, match=msg):
+        TrainConfig(model="unet-cell-only", size=48)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        TrainConfig(model="cell-only", model_overrides={"architecture": "unet"}, size=48)
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         TrainConfig.from_dict({"nope": 1})
     kw = cfg.model_kwargs(2, 2)
@@ -71,6 +78,14 @@ def test_ablation_switches_reach_model_and_loss(data64, tmp_path):
                          model_overrides={"encoder_name": "resnet18", "decoder_channels": 16}, cell_lr_ratio=0.5),
                 tmp_path / "d")
     assert t.model_config.cell_dropout == 0.1  # the variant's default when not given
+
+
+def test_trainer_asks_the_model_for_the_size_multiple(data64, tmp_path):
+    cfg = tiny_cfg(data64, model="unet-cell-only", size=64)
+    cfg.size = 48  # past the config's own check: the trainer asks the resolved model config again
+    with pytest.raises(InputError, match="size must be a multiple of 32 .*'unet-cell-only'.*got 48"):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
 def test_param_groups_split_branches():

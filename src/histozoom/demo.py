@@ -32,8 +32,8 @@ import torch
 
 from .data.open import open_dataset
 from .data.stats import dataset_stats, stats_tables
-from .data.synthetic import SynthConfig, write_synthetic_dataset
-from .evaluation import EvaluationReport, evaluate
+from .data.synthetic import SynthConfig
+from .evaluation import EvaluationReport, evaluate, write_synthetic_dataset
 from .reports.tables import format_table
 from .training.config import TrainConfig
 from .training.loop import DONE_FILE, read_done

@@ -152,10 +152,6 @@ class Placement:
         """The placement after flipping both images left-right."""
         return replace(self, x0=self.tissue_size[0] - self.x0 - self.width)
 
-    def flipped_ud(self) -> "Placement":
-        """The placement after flipping both images top-bottom."""
-        return replace(self, y0=self.tissue_size[1] - self.y0 - self.height)
-
     def rot90(self, k: int = 1) -> "Placement":
         """The placement after ``np.rot90(image, k)`` of both images (counter-clockwise)."""
         p = self

@@ -57,10 +57,6 @@ class ClassSet:
     def id(self, name: str) -> int:
         return self.ids[self.names.index(name)]
 
-    @property
-    def max_id(self) -> int:
-        return max(self.ids)
-
     def valid(self, values: np.ndarray, allow_background: bool = False) -> np.ndarray:
         """Boolean mask of values that are class ids (or 0 / ``ignore`` where allowed)."""
         ok = np.isin(values, self.ids)

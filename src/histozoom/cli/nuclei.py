@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ._common import print_json
 
@@ -108,7 +108,7 @@ _TRAIN_FIELDS = ("data", "model", "epochs", "stop_after", "crop", "batch_size", 
 
 
 def _register_train(nsub: argparse._SubParsersAction) -> None:
-    from ..models.registry import list_models
+    from ..models.registry import describe_size_multiples, list_models
     from .train import _kv
 
     p = nsub.add_parser("train", help="train CHR-Net or a baseline (resumable; best epoch by validation aPQ)")
@@ -120,7 +120,9 @@ def _register_train(nsub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last finished epoch")
     p.add_argument("--epochs", type=int, help="epochs (default 50)")
     p.add_argument("--stop-after", type=int, metavar="E", help="stop after epoch E (continue later with --resume)")
-    p.add_argument("--crop", type=int, metavar="PX", help="random training crops of PX px (multiple of 32; default 256)")
+    p.add_argument("--crop", type=int, metavar="PX",
+                   help="random training crops of PX px (a multiple of the model's size multiple: "
+                        f"{describe_size_multiples('nuclei')}; default 256)")
     p.add_argument("--batch-size", type=int, help="batch size (default 4)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4, x0.1 half way)")
     p.add_argument("--weight-decay", type=float)

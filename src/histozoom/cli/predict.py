@@ -30,13 +30,16 @@ def _size(text: str):
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a pixel size (multiple of 16) or 'native', got {text!r}") from None
-    if v < 16 or v % 16:
-        raise argparse.ArgumentTypeError(f"size must be a multiple of 16, got {v}")
-    return v
+        raise argparse.ArgumentTypeError(f"expected a pixel size (a multiple of the model's size multiple) "
+                                         f"or 'native', got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"size must be a positive number of pixels, got {v}")
+    return v  # the model's size multiple is checked once the checkpoint is loaded
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..models.registry import describe_size_multiples
+
     p = sub.add_parser("predict", help="detect cells with a trained model (challenge JSON, CSV folder, detections table)",
                        description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="training run folder or save_pretrained folder")
@@ -55,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--csv", metavar="DIR", help="folder of per-image CSVs named by sample id")
     out.add_argument("--table", metavar="T.csv", help="one CSV of all detections")
     p.add_argument("--size", type=_size, metavar="PX|native",
-                   help="model input size (default: the training size)")
+                   help="model input size, a multiple of the model's size multiple "
+                        f"({describe_size_multiples()}; default: the training size)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over 8 flips/rotations")
     p.add_argument("--threshold", type=float, help="foreground probability threshold (default: the training run's, 0.5)")
     p.add_argument("--min-distance-um", type=float, help="peak neighbourhood half-size in µm (default: the run's, 2.0)")
@@ -68,9 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.open import open_dataset
+    from ..data.open import open_dataset, pick_split
     from ..errors import InputError
-    from ..evaluation import _pick_split
     from ..inference.decode import PeakConfig
     from ..inference.predictor import Predictor, pair_from_images
     from ..training.loop import resolve_device
@@ -83,14 +86,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(None, "--cell-image needs --tissue-image")
     device = resolve_device(args.device)
     size = "train" if args.size is None else (None if args.size == "native" else args.size)
-    pred = Predictor.from_checkpoint(args.checkpoint, device=device, size=size, tta=args.tta,
-                                     batch_size=args.batch_size, num_workers=args.num_workers)
+    try:  # Predictor asks the model whether --size fits it
+        pred = Predictor.from_checkpoint(args.checkpoint, device=device, size=size, tta=args.tta,
+                                         batch_size=args.batch_size, num_workers=args.num_workers)
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(args.checkpoint, str(e)) from e
     if args.threshold is not None or args.min_distance_um is not None:
         pred.peak_cfg = PeakConfig(pred.peak_cfg.min_distance_um if args.min_distance_um is None else args.min_distance_um,
                                    pred.peak_cfg.threshold if args.threshold is None else args.threshold)
     if args.data:
         ds = open_dataset(args.data)
-        split = ds.split(_pick_split(ds, args.split, Path(args.data)))
+        split = ds.split(pick_split(ds, args.split, Path(args.data)))
         result = pred.predict_split(split, progress=not args.no_progress)
     else:
         pair = pair_from_images(args.cell_image, args.tissue_image, tuple(args.offset), args.cell_mpp, args.tissue_mpp,
@@ -112,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     else:
-        for k, v in written.items():
+        for v in written.values():
             print(f"[predict] wrote {v}", file=sys.stderr)
         print(f"{summary['images']} images, {summary['detections']} detections ({per_class})")
     return 0

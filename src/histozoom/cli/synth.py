@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
-from ..data.synthetic import OCELOT_ORGANS, PRESETS, SYNTHETIC_JSON, SynthConfig, write_synthetic_dataset
+from ..data.synthetic import OCELOT_ORGANS, PRESETS, SYNTHETIC_JSON, SynthConfig
+from ..evaluation.oracles import write_synthetic_dataset
+from ..jsonio import read_json
 from ._common import print_json
 
 
@@ -56,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     root = write_synthetic_dataset(args.out_dir, cfg, overwrite=args.overwrite)
     seconds = time.perf_counter() - t0
-    with open(root / SYNTHETIC_JSON, encoding="utf-8") as fh:
-        report = json.load(fh)
+    report = read_json(root / SYNTHETIC_JSON, "synthetic dataset report")
     if args.json:
         print_json({"out_dir": str(root), "seconds": seconds, **report})
         return 0

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from ..models.registry import list_models
+from ..models.registry import describe_size_multiples, list_models
 from ._common import print_json
 
 
@@ -50,9 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last finished epoch")
     p.add_argument("--epochs", type=int, help="epochs (default 300, the paper's on OCELOT)")
     p.add_argument("--stop-after", type=int, metavar="E", help="stop after epoch E (continue later with --resume)")
-    p.add_argument("--size", type=int, metavar="PX", help="resize both views to PX x PX (multiple of 16; default: as stored)")
+    p.add_argument("--size", type=int, metavar="PX",
+                   help="resize both views to PX x PX (a multiple of the model's size multiple: "
+                        f"{describe_size_multiples()}; default: as stored)")
     p.add_argument("--batch-size", type=int, help="batch size per process (default 8)")
-    p.add_argument("--lr", type=float, help="learning rate of the tissue branch (default 1e-4; paper tunes in [5e-5, 2e-3])")
+    p.add_argument("--lr", type=float,
+                   help="learning rate of the tissue branch (default 1e-4, the OCELOT 2023 challenge baseline's; "
+                        "the CVPR paper tunes in [5e-5, 2e-3])")
     p.add_argument("--cell-lr-ratio", type=float, help="cell-branch LR = lr x ratio (paper: 1 or 0.5; default 1)")
     p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 1e-5)")
     p.add_argument("--cell-dropout", type=float, help="spatial dropout after each ResNet block of the cell branch (0.1/0.3/0.5)")
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     info, device = init_from_env(cfg.device)
     if info.enabled:
         cfg = cfg.replace(device=device)
-    log = (lambda msg: print(f"[train] {msg}", file=sys.stderr)) if info.is_main else None  # noqa: E731
+    log = (lambda msg: print(f"[train] {msg}", file=sys.stderr)) if info.is_main else None
     try:
         summary = train(cfg, args.out, resume=args.resume, dist_info=info, log=log)
     finally:

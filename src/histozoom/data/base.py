@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from ..pair import ClassSet, Pair, Points
 
@@ -33,7 +33,7 @@ class DatasetSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DatasetSpec":
+    def from_dict(cls, d: dict) -> DatasetSpec:
         t = d.get("tissue_classes")
         return cls(
             ClassSet.from_dict(d["cell_classes"]),

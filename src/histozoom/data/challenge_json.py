@@ -30,17 +30,18 @@ class set that is the official rule set.
 
 from __future__ import annotations
 
-import json
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 
 from ..atomic import write_json
 from ..errors import InputError
+from ..jsonio import read_json
 from ..pair import OCELOT_CELL_CLASSES, ClassSet, Points
 
 CHALLENGE_IMAGE_SIZE = (1024, 1024)
@@ -49,7 +50,7 @@ CHALLENGE_IMAGE_SIZE = (1024, 1024)
 _NAME_RE = re.compile(r"image_[0-9]+")
 _KEYS = ["name", "point", "probability"]
 
-ImageSize = Union[int, tuple[int, int], Mapping[int, tuple[int, int]], None]
+ImageSize = int | tuple[int, int] | Mapping[int, tuple[int, int]] | None
 
 
 def image_name(index: int) -> str:
@@ -126,6 +127,46 @@ def _as_prob(v: Any, strict: bool) -> float | None:
     return None
 
 
+def _parse_entry(
+    e: Any, i: int, path: str | Path | None, class_ids: set[int] | None, image_size: ImageSize, strict: bool
+) -> tuple[int, tuple[int, int, int, float]]:
+    """Image index and ``(x, y, class, probability)`` of entry ``points[i]``, validated."""
+    where = f"points[{i}]"
+
+    def bad(problem: str) -> InputError:
+        return InputError(path, f"{where}: {problem}")
+
+    if not isinstance(e, dict):
+        raise bad(f"expected an object with keys {_KEYS}, got {type(e).__name__}")
+    keys = sorted(e.keys())
+    if keys != _KEYS:
+        raise bad(f"keys must be exactly {_KEYS}, got {keys}")
+    name = e["name"]
+    k = parse_image_name(name)
+    if k is None:
+        raise bad(f"name {name!r} is not of the form image_K (K = 0, 1, ...)")
+    where = f"points[{i}] ({name})"
+    pt = e["point"]
+    if type(pt) is not list or len(pt) != 3:
+        raise bad(f"point must be a list [x, y, class], got {pt!r}")
+    x, y, c = (_as_int(v, strict) for v in pt)
+    if x is None or y is None:
+        raise bad(f"coordinates must be integers, got x={pt[0]!r}, y={pt[1]!r}")
+    size = image_size_of(image_size, k)
+    if size is not None and not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
+        raise bad(f"point ({x}, {y}) lies outside the {size[0]}x{size[1]} image (0 <= x <= {size[0] - 1}, 0 <= y <= {size[1] - 1})")
+    if c is None:
+        raise bad(f"class must be an integer, got {pt[2]!r}")
+    if class_ids is not None and c not in class_ids:
+        raise bad(f"class {c} is not in the class set {sorted(class_ids)}")
+    p = _as_prob(e["probability"], strict)
+    if p is None:
+        raise bad(f"probability must be a {'float' if strict else 'number'}, got {e['probability']!r}")
+    if not (0.0 <= p <= 1.0):
+        raise bad(f"probability {p!r} is outside [0, 1]")
+    return k, (x, y, c, p)
+
+
 def parse_challenge_entries(
     entries: Iterable[Any],
     path: str | Path | None = None,
@@ -145,40 +186,8 @@ def parse_challenge_entries(
     rows: dict[int, list[tuple[int, int, int, float]]] = {}
     first: dict[int, int] = {}
     for i, e in enumerate(entries):
-        where = f"points[{i}]"
-
-        def bad(problem: str) -> InputError:
-            return InputError(path, f"{where}: {problem}")
-
-        if not isinstance(e, dict):
-            raise bad(f"expected an object with keys {_KEYS}, got {type(e).__name__}")
-        keys = sorted(e.keys())
-        if keys != _KEYS:
-            raise bad(f"keys must be exactly {_KEYS}, got {keys}")
-        name = e["name"]
-        k = parse_image_name(name)
-        if k is None:
-            raise bad(f"name {name!r} is not of the form image_K (K = 0, 1, ...)")
-        where = f"points[{i}] ({name})"
-        pt = e["point"]
-        if type(pt) is not list or len(pt) != 3:
-            raise bad(f"point must be a list [x, y, class], got {pt!r}")
-        x, y, c = (_as_int(v, strict) for v in pt)
-        if x is None or y is None:
-            raise bad(f"coordinates must be integers, got x={pt[0]!r}, y={pt[1]!r}")
-        size = image_size_of(image_size, k)
-        if size is not None and not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
-            raise bad(f"point ({x}, {y}) lies outside the {size[0]}x{size[1]} image (0 <= x <= {size[0] - 1}, 0 <= y <= {size[1] - 1})")
-        if c is None:
-            raise bad(f"class must be an integer, got {pt[2]!r}")
-        if class_ids is not None and c not in class_ids:
-            raise bad(f"class {c} is not in the class set {sorted(class_ids)}")
-        p = _as_prob(e["probability"], strict)
-        if p is None:
-            raise bad(f"probability must be a {'float' if strict else 'number'}, got {e['probability']!r}")
-        if not (0.0 <= p <= 1.0):
-            raise bad(f"probability {p!r} is outside [0, 1]")
-        rows.setdefault(k, []).append((x, y, c, p))
+        k, row = _parse_entry(e, i, path, class_ids, image_size, strict)
+        rows.setdefault(k, []).append(row)
         first.setdefault(k, i)
     out: dict[int, Points] = {}
     for k, r in rows.items():
@@ -227,13 +236,7 @@ def read_challenge_json(
     index to size, or ``None`` for no bounds check. Default: 1024 x 1024.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, f"invalid JSON ({e})") from e
+    doc = read_json(path, "JSON")
     return parse_challenge_document(doc, path, classes=classes, image_size=image_size, strict=strict)
 
 
@@ -261,7 +264,7 @@ def challenge_document(
             continue
         name = image_name(k)
         xs = np.rint(pts.xy).astype(np.int64).tolist()
-        for (x, y), c, p in zip(xs, pts.cls.tolist(), pts.prob.tolist()):
+        for (x, y), c, p in zip(xs, pts.cls.tolist(), pts.prob.tolist(), strict=True):
             points.append({"name": name, "point": [int(x), int(y), int(c)], "probability": float(p)})
     return {"type": "Multiple points", "num_images": int(num_images), "points": points, "version": {"major": 1, "minor": 0}}
 

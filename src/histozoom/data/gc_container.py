@@ -14,13 +14,13 @@ algorithm writes its detections as ``cell_classification.json`` ("Multiple point
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from ..jsonio import read_json
 from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, Pair
 from .base import DatasetSpec, PairSplit
 from .io import read_rgb
@@ -47,13 +47,7 @@ class GrandChallengeContainer(PairSplit):
         self.name = "container"
         self.spec = spec or DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, name="ocelot-container")
         self.metadata_path = self.root / "metadata.json"
-        try:
-            with open(self.metadata_path, encoding="utf-8") as fh:
-                meta = json.load(fh)
-        except FileNotFoundError:
-            raise InputError(self.metadata_path, "metadata.json not found") from None
-        except json.JSONDecodeError as e:
-            raise InputError(self.metadata_path, f"invalid JSON ({e})") from e
+        meta = read_json(self.metadata_path, "metadata")
         if not isinstance(meta, list) or not meta:
             raise InputError(self.metadata_path, "expected a non-empty JSON list with one entry per pair")
         self.metadata: list[dict] = meta

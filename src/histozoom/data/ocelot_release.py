@@ -18,15 +18,23 @@ can hold other class sets; without it the OCELOT classes apply.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..atomic import write_json
 from ..errors import InputError
 from ..geometry import Placement
-from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, UNKNOWN, ClassSet, Pair, Points
+from ..jsonio import read_json
+from ..pair import (
+    OCELOT_CELL_CLASSES,
+    OCELOT_TISSUE_CLASSES,
+    UNKNOWN,
+    ClassSet,
+    Pair,
+    Points,
+)
 from .base import DatasetSpec, PairSplit
 from .io import read_label_map, read_points_csv, read_rgb, write_image, write_points_csv
 
@@ -40,13 +48,7 @@ def is_release_dir(root: str | Path) -> bool:
 
 
 def _load_metadata(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(path, "metadata.json not found")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"invalid JSON ({e})") from e
+    meta = read_json(path, "metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("sample_pairs"), dict):
         raise InputError(path, 'expected an object with a "sample_pairs" mapping of sample id to entry')
     return meta
@@ -99,7 +101,7 @@ def placement_from_entry(entry: Mapping, cell_size, tissue_size, path: Path, sam
 class OcelotReleaseSplit(PairSplit):
     """One split of a release directory; pairs load lazily, ids in sorted order."""
 
-    def __init__(self, release: "OcelotRelease", name: str):
+    def __init__(self, release: OcelotRelease, name: str):
         self.release = release
         self.name = name
         self.spec = release.spec
@@ -172,7 +174,7 @@ def check_box_size(entry: Mapping, view: str, size: tuple[int, int], path: Path,
         mpp0 = float(entry["mpp_x"]), float(entry["mpp_y"])
     except (KeyError, TypeError, ValueError):
         return  # boxes are optional; the mpp alone defines the geometry
-    for axis, (s, m0, rm) in enumerate(zip(span, mpp0, (box["resized_mpp_x"], box["resized_mpp_y"]))):
+    for axis, (s, m0, rm) in enumerate(zip(span, mpp0, (box["resized_mpp_x"], box["resized_mpp_y"]), strict=True)):
         expected = s * m0 / float(rm)
         if abs(expected - size[axis]) > max(2.0, 0.02 * expected):
             raise InputError(
@@ -264,16 +266,16 @@ class OcelotReleaseWriter:
         meta: dict[str, Any] = {"dataset_name": self.dataset_name, "sample_pairs": dict(sorted(self.entries.items()))}
         if self.spec is not None:
             meta["classes"] = {
-                "cell": {str(i): n for i, n in zip(self.spec.cell_classes.ids, self.spec.cell_classes.names)},
+                "cell": {str(i): n for i, n in zip(self.spec.cell_classes.ids, self.spec.cell_classes.names, strict=True)},
                 "tissue": None if self.spec.tissue_classes is None else {
-                    str(i): n for i, n in zip(self.spec.tissue_classes.ids, self.spec.tissue_classes.names)},
+                    str(i): n for i, n in zip(self.spec.tissue_classes.ids, self.spec.tissue_classes.names, strict=True)},
                 "tissue_ignore": None if self.spec.tissue_classes is None else self.spec.tissue_classes.ignore,
                 "cell_mpp": self.spec.cell_mpp,
                 "tissue_mpp": self.spec.tissue_mpp,
             }
         write_json(self.root / "metadata.json", meta)
 
-    def __enter__(self) -> "OcelotReleaseWriter":
+    def __enter__(self) -> OcelotReleaseWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..errors import InputError
 from .base import DatasetSpec, PairSplit
@@ -35,19 +35,65 @@ class _ContainerDataset:
         return self._split
 
 
+DatasetFormat = Literal["own", "container", "release"]
+
+
+def detect_format(path: str | Path) -> DatasetFormat | None:
+    """Which paired-dataset layout ``path`` holds, or ``None`` for none of them.
+
+    ``"own"``: an own-layout descriptor (``dataset.yaml``/``.yml``/``.json`` in the folder,
+    or the descriptor file itself); ``"container"``: a Grand-Challenge container
+    (``images/cell_patches/000.tif`` + ``metadata.json``); ``"release"``: the OCELOT
+    release (``metadata.json`` + ``images/``). Checked in this order; this is the one
+    detector :func:`open_dataset` and the evaluation's point sources use.
+    """
+    path = Path(path)
+    if find_descriptor(path) is not None:
+        return "own"
+    if is_container_dir(path):
+        return "container"
+    if is_release_dir(path):
+        return "release"
+    return None
+
+
+def is_dataset(path: str | Path) -> bool:
+    """Whether :func:`open_dataset` reads ``path`` (see :func:`detect_format`)."""
+    return detect_format(path) is not None
+
+
 def open_dataset(path: str | Path) -> PairDataset:
     """The dataset at ``path``: OCELOT release layout, Grand-Challenge container, or own layout."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "dataset not found")
-    if find_descriptor(path) is not None:
+    fmt = detect_format(path)
+    if fmt == "own":
         return OwnDataset(path)
-    if is_container_dir(path):
+    if fmt == "container":
         return _ContainerDataset(path)
-    if is_release_dir(path):
+    if fmt == "release":
         return OcelotRelease(path)
     raise InputError(
         path,
         "not a dataset: expected metadata.json + images/ (OCELOT release), "
         "images/cell_patches/000.tif + metadata.json (container), or dataset.yaml (own layout)",
     )
+
+
+def pick_split(dataset: PairDataset, name: str | None = None, path: str | Path | None = None) -> str:
+    """The split of ``dataset`` to use: ``name`` when given (it must exist), else the
+    dataset's only split, else ``"test"``; otherwise an error asks for one.
+
+    ``path`` names the dataset in error messages (:class:`InputError`).
+    """
+    splits = list(dataset.splits)
+    if name is not None:
+        if name not in splits:
+            raise InputError(path, f"split {name!r} not found (available: {', '.join(splits) or 'none'})")
+        return name
+    if len(splits) == 1:
+        return splits[0]
+    if "test" in splits:
+        return "test"
+    raise InputError(path, f"the dataset has several splits ({', '.join(splits)}); choose one with split=/--split")

@@ -23,7 +23,6 @@ optional cells mean "not available". Per-row mpp columns override the file's val
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +31,7 @@ import yaml
 
 from ..errors import InputError
 from ..geometry import Placement
+from ..jsonio import read_json
 from ..pair import UNKNOWN, ClassSet, Pair
 from .base import DatasetSpec, PairSplit
 from .io import read_label_map, read_points_csv, read_rgb
@@ -78,11 +78,13 @@ class OwnDataset:
             raise InputError(Path(root) / "dataset.yaml", "dataset descriptor not found")
         self.descriptor = desc
         self.root = desc.parent
-        try:
-            text = desc.read_text(encoding="utf-8")
-            cfg = json.loads(text) if desc.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise InputError(desc, f"cannot parse ({e})") from e
+        if desc.suffix == ".json":
+            cfg = read_json(desc, "dataset descriptor")
+        else:
+            try:
+                cfg = yaml.safe_load(desc.read_text(encoding="utf-8"))
+            except yaml.YAMLError as e:
+                raise InputError(desc, f"cannot parse ({e})") from e
         if not isinstance(cfg, dict) or "cell_classes" not in cfg:
             raise InputError(desc, "expected a mapping with at least 'cell_classes'")
         ignore = cfg.get("tissue_ignore", UNKNOWN)
@@ -127,7 +129,7 @@ class OwnDataset:
     def splits(self) -> list[str]:
         return sorted({r.split for r in self.rows})
 
-    def split(self, name: str) -> "OwnSplit":
+    def split(self, name: str) -> OwnSplit:
         rows = [r for r in self.rows if r.split == name]
         if not rows:
             raise InputError(self.index_path, f"no pairs in split {name!r} (splits: {self.splits})")
@@ -211,13 +213,13 @@ def write_own_dataset(root: str | Path, spec: DatasetSpec, pairs_by_split: dict[
         w.writerows(lines)
     desc = {
         "name": spec.name or root.name,
-        "cell_classes": {i: n for i, n in zip(spec.cell_classes.ids, spec.cell_classes.names)},
+        "cell_classes": {i: n for i, n in zip(spec.cell_classes.ids, spec.cell_classes.names, strict=True)},
         "cell_mpp": spec.cell_mpp,
         "tissue_mpp": spec.tissue_mpp,
         "pairs": "pairs.csv",
     }
     if spec.tissue_classes is not None:
-        desc["tissue_classes"] = {i: n for i, n in zip(spec.tissue_classes.ids, spec.tissue_classes.names)}
+        desc["tissue_classes"] = {i: n for i, n in zip(spec.tissue_classes.ids, spec.tissue_classes.names, strict=True)}
         desc["tissue_ignore"] = spec.tissue_classes.ignore
     write_text(root / "dataset.yaml", yaml.safe_dump(desc, sort_keys=False))
     return root / "dataset.yaml"

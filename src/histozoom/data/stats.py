@@ -70,7 +70,7 @@ def _add(d: dict, key: str, sub: str, n: int) -> None:
 
 def tissue_class_names(spec: DatasetSpec) -> dict[int, str]:
     """Label value → column name for tissue tables (class names, and ``unknown``)."""
-    names = {} if spec.tissue_classes is None else dict(zip(spec.tissue_classes.ids, spec.tissue_classes.names))
+    names = {} if spec.tissue_classes is None else dict(zip(spec.tissue_classes.ids, spec.tissue_classes.names, strict=True))
     if spec.tissue_classes is not None and spec.tissue_classes.ignore is not None:
         names[spec.tissue_classes.ignore] = UNKNOWN_NAME
     return names
@@ -79,7 +79,7 @@ def tissue_class_names(spec: DatasetSpec) -> dict[int, str]:
 def accumulate_pair(stats: DatasetStats, pair: Pair, split: str) -> None:
     """Add one pair's counts to ``stats``."""
     spec = stats.spec
-    cell_names = dict(zip(spec.cell_classes.ids, spec.cell_classes.names))
+    cell_names = dict(zip(spec.cell_classes.ids, spec.cell_classes.names, strict=True))
     tnames = tissue_class_names(spec)
     organ = pair.organ or "unknown"
     for s in (split, "total"):
@@ -94,7 +94,7 @@ def accumulate_pair(stats: DatasetStats, pair: Pair, split: str) -> None:
     mask = pair.tissue_mask
     if mask is not None:
         values, counts = np.unique(mask, return_counts=True)
-        for v, n in zip(values.tolist(), counts.tolist()):
+        for v, n in zip(values.tolist(), counts.tolist(), strict=True):
             if v in tnames:
                 for s in (split, "total"):
                     _add(stats.tissue_pixels, s, tnames[v], n)
@@ -107,9 +107,9 @@ def accumulate_pair(stats: DatasetStats, pair: Pair, split: str) -> None:
             ok = (txy[:, 0] >= 0) & (txy[:, 0] < w) & (txy[:, 1] >= 0) & (txy[:, 1] < h)
             under = [
                 tnames.get(int(mask[y, x]), OUTSIDE) if good else OUTSIDE
-                for (x, y), good in zip(txy, ok)
+                for (x, y), good in zip(txy, ok, strict=True)
             ]
-        for c, t in zip(pts.cls.tolist(), under):
+        for c, t in zip(pts.cls.tolist(), under, strict=True):
             _add(stats.cells_on_tissue, cell_names[c], t, 1)
 
 

@@ -45,7 +45,8 @@ view shows it.
 independent of the region (40 % TC) and separable by morphology (TC large and pale, BC
 small and dark). For quick tests of detection and classification.
 
-Reference numbers (seed 0, all splits pooled, perfect localisation, :func:`oracle_mf1`;
+Reference numbers (seed 0, all splits pooled, perfect localisation,
+:func:`histozoom.evaluation.oracles.oracle_mf1`;
 mF1 = mean of the BC and TC F1):
 
 =======================================  ==================  ==================
@@ -61,25 +62,26 @@ region + cell view                       0.892               0.895
 ``simple`` (256 px): region 0.496, cell view 1.000. Statistics of the context preset:
 TC in CA 0.90, BC outside CA 0.89-0.90, CA 39 % of tissue pixels, unknown 3.5-4 %, 84-87 %
 of the windows ≥ 90 % one region. The numbers of a generated dataset are written to
-``synthetic.json`` next to ``metadata.json``.
+``synthetic.json`` next to ``metadata.json`` by
+:func:`histozoom.evaluation.oracles.write_synthetic_dataset`; this module only generates and
+writes the pairs (:func:`write_synthetic_release`) and summarises their cells
+(:func:`pair_summary`, :func:`summary_statistics`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from ..atomic import write_json
-from ..metrics.detection import scores_from_counts
+from ..config_fields import DictConfig
 from ..errors import InputError
 from ..geometry import Placement
 from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, UNKNOWN, Pair, Points
@@ -91,7 +93,8 @@ PRESETS = ("context", "simple")
 BC, TC = 1, 2
 BG, CA = 1, 2
 SYNTHETIC_JSON = "synthetic.json"
-"""Written next to ``metadata.json``: the config and the statistics of the dataset."""
+"""Written next to ``metadata.json``: the config, the statistics and the oracle scores of
+the dataset (by :func:`histozoom.evaluation.oracles.write_synthetic_dataset`)."""
 MORPHOLOGY_FEATURES = ("radius_um", "darkness", "elongation", "irregularity")
 
 
@@ -138,8 +141,12 @@ SIMPLE_MORPHOLOGY = CellMorphology(
 )
 
 
+def _preset_morphology(preset: str) -> CellMorphology:
+    return CONTEXT_MORPHOLOGY if preset == "context" else SIMPLE_MORPHOLOGY
+
+
 @dataclass
-class SynthConfig:
+class SynthConfig(DictConfig):
     """Everything that defines a synthetic dataset; with ``seed`` it is reproducible.
 
     ``tc_in_ca``/``bc_outside_ca``: target fractions of TC lying in CA and of BC lying
@@ -148,7 +155,8 @@ class SynthConfig:
     ``ca_window_fraction``: share of single-region windows placed in CA.
     ``straddle_fraction``: share of windows placed across a CA/BG boundary.
     ``region_scale``: smoothing of the CA noise field in window sides (larger = larger blobs).
-    ``morphology``: ``None`` takes the preset's.
+    ``morphology``: ``None`` takes the preset's (filled in at construction, so
+    ``to_dict`` writes the values used); a mapping (as read from JSON) is converted.
     """
 
     preset: str = "context"
@@ -176,6 +184,10 @@ class SynthConfig:
         self.organs = tuple(self.organs)
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        if self.morphology is None:
+            self.morphology = _preset_morphology(self.preset)
+        elif isinstance(self.morphology, Mapping):
+            self.morphology = CellMorphology(**{k: Feature(**v) for k, v in self.morphology.items()})
         for name in ("n_train", "n_val", "n_test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -211,9 +223,15 @@ class SynthConfig:
 
     @property
     def cell_morphology(self) -> CellMorphology:
-        if self.morphology is not None:
-            return self.morphology
-        return CONTEXT_MORPHOLOGY if self.preset == "context" else SIMPLE_MORPHOLOGY
+        """The nucleus appearance per class (the preset's unless given)."""
+        return self.morphology  # type: ignore[return-value]  # set by __post_init__
+
+    def replace(self, **changes: Any) -> "SynthConfig":
+        """A copy with ``changes``; a new ``preset`` without a new ``morphology`` brings the
+        new preset's morphology unless this config's was set explicitly (not the preset's)."""
+        if "preset" in changes and "morphology" not in changes and self.morphology == _preset_morphology(self.preset):
+            changes["morphology"] = None
+        return super().replace(**changes)
 
     def class_probabilities(self) -> tuple[float, float]:
         """``(P(TC | CA), P(TC | BG))`` used to draw cell classes."""
@@ -222,20 +240,6 @@ class SynthConfig:
         # Expected share of cells in CA windows (straddling windows are about half CA).
         q = (1 - self.straddle_fraction) * self.ca_window_fraction + self.straddle_fraction * 0.5
         return _solve_class_probabilities(self.tc_in_ca, self.bc_outside_ca, q)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["organs"] = list(self.organs)
-        d["morphology"] = dataclasses.asdict(self.cell_morphology)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "SynthConfig":
-        d = dict(d)
-        m = d.pop("morphology", None)
-        if m is not None:
-            d["morphology"] = CellMorphology(**{k: Feature(**v) for k, v in m.items()})
-        return cls(**d)
 
 
 def _solve_class_probabilities(tc_in_ca: float, bc_out: float, q: float) -> tuple[float, float]:
@@ -583,7 +587,7 @@ def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) ->
 
     ``pair.meta`` holds ``slide_name``, ``synthetic`` (window kind and CA share) and
     ``cell_morphology`` (per annotated cell: radius_um, darkness, elongation,
-    irregularity; used by :func:`oracle_mf1`).
+    irregularity; used by :func:`histozoom.evaluation.oracles.oracle_mf1`).
     """
     f = cfg.factor
     w = cfg.window_size
@@ -724,13 +728,15 @@ def synthetic_spec(cfg: SynthConfig) -> DatasetSpec:
                        name=f"synthetic-{cfg.preset}")
 
 
-def write_synthetic_dataset(out_dir: str | Path, cfg: SynthConfig, overwrite: bool = False) -> Path:
-    """Write the dataset of ``cfg`` in the OCELOT release layout and return its root.
+def write_synthetic_release(out_dir: str | Path, cfg: SynthConfig,
+                            overwrite: bool = False) -> tuple[Path, dict[str, list[dict]]]:
+    """Write the pairs of ``cfg`` in the OCELOT release layout; return the root and the
+    :func:`pair_summary` of every pair per split (``train``, ``val``, ``test``).
 
-    Besides the release files, ``synthetic.json`` holds the config and the statistics of
-    :func:`context_statistics` and :func:`oracle_mf1` per split and overall. An existing
-    non-empty ``out_dir`` is an error unless ``overwrite`` (then only the release files
-    and ``synthetic.json`` are replaced).
+    An existing non-empty ``out_dir`` is an error unless ``overwrite`` (then only the
+    release files and ``synthetic.json`` are removed, and the release files rewritten).
+    ``synthetic.json`` is written by
+    :func:`histozoom.evaluation.oracles.write_synthetic_dataset`, which calls this.
     """
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
@@ -750,20 +756,19 @@ def write_synthetic_dataset(out_dir: str | Path, cfg: SynthConfig, overwrite: bo
             entry = ocelot_entry(pair, split)
             entry["synthetic"] = pair.meta["synthetic"]
             writer.add(pair, split, entry=entry)
-            summaries[split].append(_summary(pair))
-    report: dict = {"config": cfg.to_dict(), "splits": {}}
-    everything = [s for v in summaries.values() for s in v]
-    for split, items in list(summaries.items()) + [("all", everything)]:
-        if items:
-            report["splits"][split] = {"stats": _stats(items), "oracle_mf1": _oracles(items)}
-    write_json(root / SYNTHETIC_JSON, report)
-    return root
+            summaries[split].append(pair_summary(pair))
+    return root, summaries
 
 
-# ---------------------------------------------------------------------- statistics and oracles
-def _summary(pair: Pair) -> dict:
-    """What the statistics need from a pair: cell classes, the tissue label under each
-    cell, morphology, the window's labels and pixel counts."""
+# ---------------------------------------------------------------------- per-cell summaries and statistics
+def pair_summary(pair: Pair) -> dict:
+    """What the statistics and the oracles need from a pair, as plain arrays.
+
+    ``cls``: the cell classes; ``region``: the tissue label under each cell; ``feats``:
+    the cells' morphology (columns :data:`MORPHOLOGY_FEATURES`), ``None`` without
+    ``pair.meta["cell_morphology"]``; ``counts`` / ``window``: BG, CA and unknown pixels of
+    the tissue mask / of the cell window.
+    """
     if pair.cell_points is None or pair.tissue_mask is None:
         raise ValueError(f"pair {pair.id}: statistics need cell points and a tissue mask")
     mask = pair.tissue_mask
@@ -785,7 +790,8 @@ def _summary(pair: Pair) -> dict:
     }
 
 
-def _stats(items: Sequence[dict]) -> dict:
+def summary_statistics(items: Sequence[dict]) -> dict:
+    """:func:`context_statistics` of :func:`pair_summary` items."""
     cls = np.concatenate([s["cls"] for s in items]) if items else np.zeros(0, int)
     reg = np.concatenate([s["region"] for s in items]) if items else np.zeros(0, np.uint8)
     counts = np.sum([s["counts"] for s in items], axis=0)
@@ -816,94 +822,4 @@ def context_statistics(pairs: Iterable[Pair]) -> dict:
     ``unknown_pixel_fraction`` of all tissue pixels; ``windows_90pct_one_region``: share
     of cell windows whose tissue labels are ≥ 90 % one class.
     """
-    return _stats([_summary(p) for p in pairs])
-
-
-def _mf1_counts(y: np.ndarray, pred: np.ndarray) -> dict:
-    """Per-class P/R/F1 and mF1 of cell labels ``pred`` against ``y`` (one prediction per cell)."""
-    counts = np.array([[np.sum((pred == k) & (y == k)), np.sum((pred == k) & (y != k)), np.sum(y == k)]
-                       for k in (BC, TC)])
-    s = scores_from_counts(counts)
-    out = {name: {"precision": float(s["precision"][i]), "recall": float(s["recall"][i]), "f1": float(s["f1"][i])}
-           for i, name in enumerate(("BC", "TC"))}
-    out["mf1"] = float(s["mf1"])
-    return out
-
-
-def _best_threshold(y: np.ndarray, score: np.ndarray) -> dict:
-    """Labels TC where ``score > t`` for the ``t`` that maximises mF1 (an oracle)."""
-    n = len(y)
-    order = np.argsort(-score, kind="stable")
-    is_tc = (y[order] == TC).astype(np.int64)
-    n_tc = int(is_tc.sum())
-    n_bc = n - n_tc
-    k = np.arange(n + 1)
-    tp_tc = np.concatenate([[0], np.cumsum(is_tc)])
-    fp_tc = k - tp_tc
-    tp_bc = n_bc - fp_tc
-    f1_tc = np.where(n_tc + k > 0, 2 * tp_tc / np.maximum(n_tc + k, 1), 0.0)
-    f1_bc = np.where(n_bc + (n - k) > 0, 2 * tp_bc / np.maximum(n_bc + n - k, 1), 0.0)
-    best = int(np.argmax(f1_tc + f1_bc))
-    pred = np.full(n, BC)
-    pred[order[:best]] = TC
-    return _mf1_counts(y, pred)
-
-
-def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 30) -> np.ndarray:
-    """In-sample logistic-regression scores (IRLS with a small ridge)."""
-    mu, sd = x.mean(0), x.std(0) + 1e-12
-    z = np.column_stack([np.ones(len(x)), (x - mu) / sd])
-    t = (y == TC).astype(np.float64)
-    beta = np.zeros(z.shape[1])
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-np.clip(z @ beta, -30, 30)))
-        g = z.T @ (p - t) + l2 * beta
-        hess = z.T @ (z * (p * (1 - p))[:, None]) + l2 * np.eye(len(beta))
-        step = np.linalg.solve(hess, g)
-        beta -= step
-        if np.max(np.abs(step)) < 1e-8:
-            break
-    return z @ beta
-
-
-def _oracles(items: Sequence[dict]) -> dict:
-    y = np.concatenate([s["cls"] for s in items])
-    reg = np.concatenate([s["region"] for s in items])
-    out: dict = {"n_cells": int(len(y))}
-    if len(y) == 0:
-        return out
-    out["region"] = _mf1_counts(y, np.where(reg == CA, TC, BC))
-    if any(s["feats"] is None for s in items) or len(np.unique(y)) < 2:
-        return out
-    x = np.concatenate([s["feats"] for s in items])
-    # Fisher discriminant of the morphology features (within-class covariance).
-    m_tc, m_bc = x[y == TC].mean(0), x[y == BC].mean(0)
-    cov = np.cov(np.concatenate([x[y == TC] - m_tc, x[y == BC] - m_bc]).T) + 1e-9 * np.eye(x.shape[1])
-    out["cell_view"] = _best_threshold(y, x @ np.linalg.solve(cov, m_tc - m_bc))
-    pooled = np.concatenate([np.repeat(s["feats"].mean(0, keepdims=True), len(s["feats"]), 0) for s in items])
-    out["cell_view_pooled"] = _best_threshold(y, _logistic(np.column_stack([x, pooled]), y))
-    ca_ind = (reg == CA).astype(np.float64)[:, None]
-    out["region_and_cell_view"] = _best_threshold(y, _logistic(np.column_stack([ca_ind, x, pooled]), y))
-    return out
-
-
-def oracle_mf1(pairs: Iterable[Pair]) -> dict:
-    """mF1 of oracles with perfect localisation (every cell found exactly once), pooled
-    over all cells of ``pairs``: per class (BC, TC) precision/recall/F1, then their mean.
-
-    * ``region``: labels each cell by the majority class of its tissue label — TC on CA,
-      BC elsewhere (BG or unknown). Works on any pairs with points and tissue masks.
-    * ``cell_view``: the best single threshold on the Fisher discriminant of the cell's
-      own morphology (radius, darkness, elongation, irregularity) — what the cell view
-      alone tells about a cell.
-    * ``cell_view_pooled``: logistic regression on the cell's morphology plus the mean
-      morphology of all cells in its image (a cell-only model that compares a cell with
-      its neighbours), best threshold.
-    * ``region_and_cell_view``: the same plus the tissue label (a model given the true
-      tissue label).
-
-    The last three need ``pair.meta["cell_morphology"]`` (pairs from
-    :func:`generate_pair`); they are fitted on the evaluated cells, so they are upper
-    bounds for their inputs.
-    """
-    return _oracles([_summary(p) for p in pairs])
+    return summary_statistics([pair_summary(p) for p in pairs])

@@ -86,8 +86,3 @@ def tissue_mask_in_cell_frame(mask: np.ndarray, placement: Placement, ignore: in
     Window parts outside the tissue image become ``ignore``.
     """
     return tissue_to_cell_np(mask, placement, mode="nearest", fill=ignore)
-
-
-def one_hot(labels: np.ndarray, classes: ClassSet) -> np.ndarray:
-    """``(C, H, W)`` float32 one-hot of a label map over ``classes`` (ignore/0 → all zeros)."""
-    return np.stack([(labels == i) for i in classes.ids]).astype(np.float32)

@@ -1,1 +1,1 @@
-"""Inference: decoding, predictors, fusion, whole slides."""
+"""Inference on patch pairs and nuclei tiles: decoding (peaks, watershed), test-time augmentation, predictors."""

@@ -5,15 +5,20 @@ channel ``1 + k`` the k-th cell class of the dataset's ``ClassSet``. Decoding:
 
 1. foreground map ``fg = 1 - p_background``;
 2. local peaks of ``fg`` with ``skimage.feature.peak_local_max`` semantics: a pixel is a
-   peak when it equals the maximum of its ``(2·min_distance + 1)²`` neighbourhood and
-   ``fg > threshold``; border peaks are kept; a constant map has no peak; among peaks
-   closer than ``min_distance`` (Chebyshev) the higher (then the earlier in row-major
-   order) is kept;
+   candidate when it equals the maximum of its ``(2·min_distance + 1)²`` neighbourhood and
+   ``fg > threshold``; border peaks are kept; a constant map has no peak; candidates are
+   then thinned by the spacing rule of :func:`keep_spaced` (highest first, ties in
+   row-major order; a candidate is dropped when an already kept one lies at Chebyshev
+   distance < ``min_distance``). Two candidates that close are always of equal height
+   (each is the maximum of a square holding the other), so the rule only settles plateaus
+   and ties;
 3. class = argmax over the cell channels at the peak; confidence = that class's probability.
 
-:func:`find_peaks` is the NumPy/SciPy path (it calls scikit-image);
-:func:`find_peaks_torch` does the neighbourhood maximum with ``max_pool2d`` for whole
-batches on any device and returns the same peaks.
+:func:`find_peaks` is the NumPy/SciPy path (it calls scikit-image's public
+``peak_local_max``); :func:`find_peaks_torch` does the neighbourhood maximum with
+``max_pool2d`` for whole batches on any device and the spacing with :func:`keep_spaced`
+(our own implementation of the rule, so it does not depend on scikit-image internals),
+and returns the same peaks.
 """
 
 from __future__ import annotations
@@ -23,12 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 from skimage.feature import peak_local_max
-
-try:  # the spacing rule peak_local_max applies to tied neighbours
-    from skimage._shared.coord import ensure_spacing
-except ImportError:  # pragma: no cover - moved in a future scikit-image
-    ensure_spacing = None
 
 from ..pair import ClassSet, Points
 
@@ -50,13 +51,46 @@ def find_peaks(fg: np.ndarray, min_distance: int, threshold: float) -> np.ndarra
     return peak_local_max(fg, min_distance=min_distance, threshold_abs=threshold, exclude_border=False)
 
 
+def keep_spaced(coords: np.ndarray, min_distance: float, p_norm: float = np.inf) -> np.ndarray:
+    """Boolean mask of the points of ``coords`` ``(N, D)`` kept by the minimum-spacing rule.
+
+    The rule (scikit-image's, as ``peak_local_max`` applies it through its
+    ``ensure_spacing``, checked against scikit-image 0.26): visit the points in the given
+    order (callers pass them highest score first, ties in row-major order); keep a point
+    unless a point *already kept* lies at distance strictly less than ``min_distance``
+    (Minkowski ``p_norm``; ``inf`` = Chebyshev). A dropped point suppresses nothing, so
+    in a chain a–b–c with only neighbours closer than ``min_distance``, a and c are kept.
+    Points exactly ``min_distance`` apart are both kept.
+
+    Close pairs come from a KD-tree (``scipy.spatial.cKDTree.query_pairs``), so the cost
+    grows with N log N plus the number of close pairs, not N².
+    """
+    pts = np.asarray(coords, dtype=np.float64)
+    n = len(pts)
+    keep = np.ones(n, dtype=bool)
+    if n < 2 or not min_distance > 0:
+        return keep
+    pts = pts.reshape(n, -1)
+    pairs = cKDTree(pts).query_pairs(r=float(min_distance), p=p_norm, output_type="ndarray")  # i < j, d <= r
+    if len(pairs) == 0:
+        return keep
+    d = np.linalg.norm(pts[pairs[:, 0]] - pts[pairs[:, 1]], ord=p_norm, axis=1)
+    pairs = pairs[d < min_distance]
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    first, later = pairs[:, 0], pairs[:, 1]
+    starts = np.searchsorted(first, np.arange(n + 1))
+    for i in np.unique(first):  # in visiting order; an earlier kept neighbour has dropped i already
+        if keep[i]:
+            keep[later[starts[i]:starts[i + 1]]] = False
+    return keep
+
+
 def _spaced(coords: np.ndarray, values: np.ndarray, min_distance: int) -> np.ndarray:
-    """Order peak candidates as peak_local_max does and drop tied neighbours."""
+    """Order peak candidates as peak_local_max does (highest first, stable, so ties stay
+    in row-major order) and apply the spacing rule (:func:`keep_spaced`, Chebyshev)."""
     order = np.argsort(-values, kind="stable")
     coords = coords[order]
-    if min_distance > 1 and len(coords) > 1 and ensure_spacing is not None:
-        coords = ensure_spacing(coords, spacing=min_distance, p_norm=np.inf)
-    return coords
+    return coords[keep_spaced(coords, min_distance)]
 
 
 def find_peaks_torch(fg: torch.Tensor, min_distance: int, threshold: float) -> list[np.ndarray]:

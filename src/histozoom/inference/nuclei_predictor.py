@@ -12,8 +12,9 @@ gives per-pixel maps; :class:`NucleiPredictor` turns them into a
 * **classes**: majority vote per instance of the per-pixel class map with background
   excluded (the argmax over the nucleus classes), probability = the vote share.
 
-Tiles are reflect-padded to a multiple of 32 px and the maps cropped back, so any tile
-size works. ``tta=True`` averages the maps over the 8 flips/rotations (each inverted).
+Tiles are reflect-padded to a multiple of the model's ``size_multiple`` (32 for every
+CHR-Net variant) and the maps cropped back, so any tile size works. ``tta=True`` averages
+the maps over the 8 flips/rotations of :mod:`histozoom.inference.tta` (each inverted).
 
 Outputs (:meth:`NucleiPrediction.write`): the instance map (``_instances.npy`` / ``.tif``), a
 CSV table per nucleus (id, centroid x/y, bbox, area, class id and name, probability),
@@ -25,10 +26,11 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +43,13 @@ from ..errors import InputError
 from ..models.checkpoint import from_pretrained, load_config, resolve_checkpoint
 from ..pair import ClassSet
 from ..reports.geojson import instances_to_geojson, write_geojson
-from .watershed import WatershedConfig, classify_instances, instances_from_maps, nucleus_table
+from .tta import as_transforms, average
+from .watershed import (
+    WatershedConfig,
+    classify_instances,
+    instances_from_maps,
+    nucleus_table,
+)
 
 __all__ = ["NucleiPrediction", "NucleiPredictor", "OUTPUT_FORMATS"]
 
@@ -127,31 +135,20 @@ class NucleiPrediction:
         return written
 
 
-def _dihedral(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
-    if flip:
-        x = x.flip(-1)
-    return torch.rot90(x, k, dims=(-2, -1))
-
-
-def _undo_dihedral(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
-    x = torch.rot90(x, -k, dims=(-2, -1))
-    return x.flip(-1) if flip else x
-
-
 class NucleiPredictor:
     """Runs a nuclei model over tiles (see the module doc).
 
     ``classes``: the nucleus classes of the model's output channels 1..C (channel k =
     ``classes.ids[k-1]``). ``watershed``: post-processing settings. ``keep_maps``: keep the
-    per-pixel maps in each prediction.
+    per-pixel maps in each prediction. Tiles are padded to ``multiple``, the model's
+    ``size_multiple`` (1 for a model without one).
     """
-
-    multiple = 32
 
     def __init__(self, model: torch.nn.Module, classes: ClassSet, watershed: WatershedConfig | None = None,
                  device: str | torch.device = "cpu", tta: bool = False, amp: bool | None = None, keep_maps: bool = False):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.multiple = int(getattr(model, "size_multiple", 1))
         self.classes = classes
         self.watershed = watershed or WatershedConfig()
         self.tta = tta
@@ -159,7 +156,7 @@ class NucleiPredictor:
         self.keep_maps = keep_maps
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs: Any) -> "NucleiPredictor":
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kwargs: Any) -> NucleiPredictor:
         """From a training run folder (its ``best.ckpt``) or a checkpoint folder; the class set
         and the watershed settings come from the checkpoint unless given."""
         ckpt = resolve_checkpoint(path)
@@ -198,18 +195,12 @@ class NucleiPredictor:
         ph, pw = -h % self.multiple, -w % self.multiple
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
-        views = [(f, k) for f in (False, True) for k in range(4)] if self.tta else [(False, 0)]
-        acc: dict[str, torch.Tensor] = {}
-        for flip, k in views:
-            maps = self._forward(_dihedral(x, flip, k))
-            for name, m in maps.items():
-                m = _undo_dihedral(m, flip, k)
-                acc[name] = acc[name] + m if name in acc else m
+        mean = average(self._forward, x, as_transforms(self.tta))
         n_classes = len(self.classes) + 1
-        if acc["class_prob"].shape[1] != n_classes:
-            raise InputError(None, f"model predicts {acc['class_prob'].shape[1]} class channels, "
+        if mean["class_prob"].shape[1] != n_classes:
+            raise InputError(None, f"model predicts {mean['class_prob'].shape[1]} class channels, "
                                    f"the class set needs {n_classes} (background + {len(self.classes)})")
-        return {name: (m[0] / len(views))[..., :h, :w].cpu().numpy() for name, m in acc.items()}
+        return {name: m[0][..., :h, :w].cpu().numpy() for name, m in mean.items()}
 
     # ------------------------------------------------------------------ instances
     def postprocess(self, maps: dict[str, np.ndarray], sample_id: str = "") -> NucleiPrediction:

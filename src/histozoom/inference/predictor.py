@@ -8,14 +8,16 @@
 
 Pipeline per pair (:meth:`Predictor.probabilities`):
 
-1. ``size`` given: both views resized to ``size``×``size`` (:func:`~histozoom.data.samples.resize_pair`);
-   then padded right/bottom to multiples of 16 (the models' stride) where needed, the
-   placement widened to match.
-2. Test-time augmentation (``tta=True``): the 8 flips/rotations of the dihedral group,
-   applied to both views, their placement and the tissue mask with the augment module's
-   pair transforms (:func:`~histozoom.data.augment.flip_pair_lr`,
-   :func:`~histozoom.data.augment.rot90_pair`); each cell probability map is mapped
-   back (inverse rotation, then flip) and the maps are averaged.
+1. ``size`` given: both views resized to ``size``×``size`` (:func:`~histozoom.data.samples.resize_pair`;
+   ``size`` must be a multiple of the model's ``size_multiple``); then each view padded
+   right/bottom (edge-replicated) to a multiple of what the model asks of it
+   (``cell_size_multiple``, ``tissue_size_multiple``) where needed, the placement widened
+   to match; detections in the padding are dropped, maps cropped back.
+2. Test-time augmentation (``tta=True``): the 8 flips/rotations of the dihedral group
+   (:mod:`histozoom.inference.tta`), applied to both views, their placement and the
+   tissue mask with the augment module's pair transforms (:func:`dihedral_pair`); each
+   cell probability map is mapped back (:func:`~histozoom.inference.tta.invert`) and the
+   maps are averaged (:class:`~histozoom.inference.tta.MapMean`).
 3. Decoding (:func:`~histozoom.inference.decode.decode_cells_torch`) at the model's
    resolution, with the resized mpp, so ``PeakConfig``'s µm mean the same at every size.
 4. Back to the original cell image: continuous pixel-centre convention,
@@ -30,10 +32,11 @@ names the pair when it has none).
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,41 +50,54 @@ from ..data.samples import image_tensor, resize_pair
 from ..data.targets import tissue_mask_in_cell_frame
 from ..errors import InputError
 from ..geometry import Placement
-from ..metrics.detection import CHALLENGE_RADIUS_UM, DetectionCounts, count_detections, radius_px
-from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, UNKNOWN, ClassSet, Pair, Points
+from ..metrics.detection import DetectionCounts, count_detections
+from ..pair import (
+    OCELOT_CELL_CLASSES,
+    OCELOT_TISSUE_CLASSES,
+    UNKNOWN,
+    ClassSet,
+    Pair,
+    Points,
+)
 from .decode import PeakConfig, decode_cells_torch
-
-STRIDE = 16
-"""Input sides must be multiples of this (DeepLabV3+ at output stride 16)."""
-
-DIHEDRAL: tuple[tuple[bool, int], ...] = tuple((f, k) for f in (False, True) for k in range(4))
-"""``(flip_lr, rot90_k)`` of the 8 TTA transforms; the first is the identity."""
+from .tta import MapMean, as_transforms
 
 """The checkpoint directory a training run leaves in its folder (``save_pretrained`` layout)."""
 
 
 # ---------------------------------------------------------------------- pair transforms
 def dihedral_pair(pair: Pair, flip: bool, k: int) -> Pair:
-    """Flip left-right (if ``flip``), then rotate by ``k`` × 90° — both views, labels, placement."""
+    """Transform ``(flip, k)`` of :mod:`~histozoom.inference.tta` on a pair: flip
+    left-right (if ``flip``), then rotate by ``k`` × 90° — both views, labels, placement.
+    Maps predicted on the result go back with :func:`~histozoom.inference.tta.invert`."""
     if flip:
         pair = flip_pair_lr(pair)
     return rot90_pair(pair, k)
 
 
-def invert_dihedral(maps: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
-    """Map ``(..., H, W)`` maps predicted on ``dihedral_pair(pair, flip, k)`` back to the pair's frame."""
-    out = torch.rot90(maps, -k, dims=(-2, -1)) if k % 4 else maps
-    return out.flip(-1) if flip else out
+def input_multiples(model: torch.nn.Module) -> tuple[int, int, int]:
+    """``(cell, tissue, both)``: what the cell view's sides, the tissue view's sides and
+    one size for both views must be multiples of, as the model says
+    (``cell_size_multiple``, ``tissue_size_multiple``, ``size_multiple`` of a
+    :class:`~histozoom.models.cell_tissue.CellTissueModel`). A model without them (any
+    module with the same forward) constrains nothing unless it has ``size_multiple``."""
+    both = int(getattr(model, "size_multiple", 1))
+    cell = int(getattr(model, "cell_size_multiple", both))
+    tissue = int(getattr(model, "tissue_size_multiple", both))
+    return cell, tissue, both
 
 
-def pad_pair(pair: Pair, multiple: int = STRIDE, fill_mask: int = UNKNOWN) -> tuple[Pair, tuple[int, int]]:
-    """Pad both views right/bottom to multiples of ``multiple`` (edge-replicated images,
-    ``fill_mask`` in the tissue mask); the placement grows with the cell view so the
+def pad_pair(pair: Pair, multiple: int, fill_mask: int = UNKNOWN,
+             tissue_multiple: int | None = None) -> tuple[Pair, tuple[int, int]]:
+    """Pad the cell view right/bottom to multiples of ``multiple`` and the tissue view to
+    multiples of ``tissue_multiple`` (default: ``multiple``); edge-replicated images,
+    ``fill_mask`` in the tissue mask. The placement grows with the cell view so the
     geometry is unchanged. Returns ``(padded pair, original cell size)``."""
+    tissue_multiple = multiple if tissue_multiple is None else tissue_multiple
     cw, ch = pair.cell_size
     tw, th = pair.tissue_size
     pcw, pch = -(-cw // multiple) * multiple, -(-ch // multiple) * multiple
-    ptw, pth = -(-tw // multiple) * multiple, -(-th // multiple) * multiple
+    ptw, pth = -(-tw // tissue_multiple) * tissue_multiple, -(-th // tissue_multiple) * tissue_multiple
     if (pcw, pch, ptw, pth) == (cw, ch, tw, th):
         return pair, (cw, ch)
     pl = pair.placement
@@ -211,41 +227,17 @@ class Predictions:
                                 names=list(self.ids))
 
 
-def split_ground_truth(split: PairSplit) -> dict[int, Points]:
-    """Ground-truth points per image index of a split (images without a CSV are left out)."""
-    out = {}
-    for k, sid in enumerate(split.ids):
-        pts = split.points(sid)
-        if pts is not None:
-            out[k] = pts
-    return out
-
-
-def score_split(pred: Predictions, split: PairSplit, gt: Mapping[int, Points] | None = None,
-                radius_um: float = CHALLENGE_RADIUS_UM) -> dict[str, Any]:
-    """Challenge mF1 of ``pred`` on a split with ground truth, without files.
-
-    Returns ``{"mF1", "f1": {class: F1}, "counts": DetectionCounts, "organs": {organ: mF1}}``;
-    the hit radius is 3 µm at the split's nominal cell mpp (15 px on OCELOT).
-    """
-    gt = split_ground_truth(split) if gt is None else gt
-    counts = pred.counts(gt, radius_px(radius_um, split.spec.cell_mpp), split.spec.cell_classes)
-    s = counts.scores()
-    labels = [pred.organs.get(k) for k in range(len(pred.ids))]
-    organs = {o: c.scores().mf1 for o, c in counts.grouped(labels).items()} if any(labels) else {}
-    return {"mF1": s.mf1, "f1": {n: float(f) for n, f in zip(counts.classes.names, s.f1)},
-            "counts": counts, "organs": organs}
-
-
 # ---------------------------------------------------------------------- the predictor
 class _PairViews(Dataset):
     """Loads, resizes, pads and transforms pairs; one item per pair (no stacking)."""
 
-    def __init__(self, pairs: Sequence[Pair] | PairSplit, size: int | None, transforms, mask: str | None):
+    def __init__(self, pairs: Sequence[Pair] | PairSplit, size: int | None, transforms, mask: str | None,
+                 multiples: tuple[int, int] = (1, 1)):
         self.pairs = pairs
         self.size = size
         self.transforms = transforms
         self.mask = mask  # None, "tissue" (tissue-frame mask) or "cell" (cropped to the window)
+        self.multiples = multiples  # (cell view, tissue view) side multiples of the model
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -255,7 +247,7 @@ class _PairViews(Dataset):
         orig = pair.cell_size
         if self.size is not None:
             pair = resize_pair(pair, (self.size, self.size), (self.size, self.size))
-        pair, model_size = pad_pair(pair)
+        pair, model_size = pad_pair(pair, self.multiples[0], tissue_multiple=self.multiples[1])
         if self.mask is not None and pair.tissue_mask is None:
             raise InputError(None, f"pair {pair.id!r}: the model reads ground-truth tissue labels "
                                    "(tissue-label leaking) but the pair has no tissue mask")
@@ -281,9 +273,12 @@ class Predictor:
     """Runs a cell–tissue model on pairs and decodes cell detections.
 
     ``model``: a :class:`~histozoom.models.cell_tissue.CellTissueModel` (or anything with
-    its forward signature and ``.config``). ``spec``: the training dataset's spec (its
+    its forward signature and ``.config``; its input constraints are read with
+    :func:`input_multiples`). ``spec``: the training dataset's spec (its
     ``cell_classes`` give the output channels' class ids; default OCELOT). ``size``:
-    resize both views to ``size``×``size`` before the model (``None``: as stored).
+    resize both views to ``size``×``size`` before the model (``None``: as stored, any
+    size: each view is padded to the model's multiple); it must be a multiple of the
+    model's ``size_multiple`` (``ValueError`` naming the model otherwise).
     ``peak_cfg``: decoding. ``tta``: average over the 8 flips/rotations (or give a list
     of ``(flip, k)``). ``amp``: bf16 autocast (default: on CUDA).
     """
@@ -293,21 +288,25 @@ class Predictor:
         model: torch.nn.Module,
         spec: DatasetSpec | None = None,
         size: int | None = None,
-        peak_cfg: PeakConfig = PeakConfig(),
+        peak_cfg: PeakConfig = PeakConfig(),  # noqa: B008 - frozen dataclass, safe to share
         device: str | torch.device = "cpu",
         tta: bool | Sequence[tuple[bool, int]] = False,
         batch_size: int = 4,
         num_workers: int = 0,
         amp: bool | None = None,
     ):
-        if size is not None and (size < STRIDE or size % STRIDE):
-            raise ValueError(f"size must be a multiple of {STRIDE}, got {size}")
+        cell_m, tissue_m, both_m = input_multiples(model)
+        if size is not None and (size < both_m or size % both_m):
+            name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+            raise ValueError(f"size must be a multiple of {both_m} (the input size multiple of model "
+                             f"{name!r}), got {size}")
+        self.multiples = (cell_m, tissue_m)
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.spec = spec or DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES)
         self.size = size
         self.peak_cfg = peak_cfg
-        self.transforms = list(DIHEDRAL if tta is True else [(False, 0)] if not tta else [tuple(t) for t in tta])
+        self.transforms = as_transforms(tta)
         self.batch_size = max(1, int(batch_size))
         self.num_workers = num_workers
         self.amp = (self.device.type == "cuda") if amp is None else amp
@@ -322,7 +321,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", size: int | None | str = "train", **kwargs) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", size: int | None | str = "train", **kwargs) -> Predictor:
         """A predictor for a saved model: ``path`` is a training run folder (its
         ``best.ckpt``) or a ``save_pretrained`` folder. ``size="train"`` (default) predicts
         at the size the model was trained at (recorded in the checkpoint); ``None`` at the
@@ -359,17 +358,17 @@ class Predictor:
 
     def _probabilities(self, items: list[dict]) -> list[torch.Tensor]:
         """Averaged (TTA) probability maps per item, in the (padded) model frame."""
-        acc: list[torch.Tensor | None] = [None] * len(items)
-        for t, (flip, rot) in enumerate(self.transforms):
+        acc = [MapMean() for _ in items]
+        for t, transform in enumerate(self.transforms):
             groups: dict[tuple, list[int]] = {}
             for i, it in enumerate(items):
-                groups.setdefault(tuple(it["views"][t]["cell_image"].shape) + tuple(it["views"][t]["tissue_image"].shape), []).append(i)
+                views = it["views"][t]
+                groups.setdefault(tuple(views["cell_image"].shape) + tuple(views["tissue_image"].shape), []).append(i)
             for idx in groups.values():
-                prob = invert_dihedral(self._forward([items[i]["views"][t] for i in idx]), flip, rot)
+                prob = self._forward([items[i]["views"][t] for i in idx])
                 for j, i in enumerate(idx):
-                    acc[i] = prob[j] if acc[i] is None else acc[i] + prob[j]
-        n = len(self.transforms)
-        return [a / n for a in acc]  # type: ignore[operator]
+                    acc[i].add(prob[j], transform)
+        return [a.mean() for a in acc]  # type: ignore[misc]
 
     def _decode(self, item: dict, prob: torch.Tensor) -> Points:
         pts = decode_cells_torch(prob[None], self.classes, self.peak_cfg, item["cell_mpp"])[0]
@@ -379,7 +378,7 @@ class Predictor:
         return pts.with_xy(to_original(pts.xy, (mw, mh), item["orig_size"]))
 
     def _run(self, pairs: Sequence[Pair] | PairSplit, progress: bool = False, desc: str = "predict"):
-        ds = _PairViews(pairs, self.size, self.transforms, self.mask)
+        ds = _PairViews(pairs, self.size, self.transforms, self.mask, self.multiples)
         loader = DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             collate_fn=_as_list, persistent_workers=False)
         was_training = self.model.training
@@ -393,8 +392,7 @@ class Predictor:
             with torch.inference_mode():
                 for items in it:
                     probs = self._probabilities(items)
-                    for item, prob in zip(items, probs):
-                        yield item, prob
+                    yield from zip(items, probs)
         finally:
             self.model.train(was_training)
 

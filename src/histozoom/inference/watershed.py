@@ -1,9 +1,13 @@
 """CHR-Net post-processing: marker-controlled watershed and per-nucleus classification.
 
 From the predicted binary (foreground) map and distance map, the instance map is made
-by a marker-controlled watershed (CHR-Net §2.3, the strategy of its ref. [3]): markers
-are the local maxima of the predicted distance map inside the binary mask, and the
-watershed of ``-distance`` restricted to the mask splits touching nuclei between them.
+by a marker-controlled watershed (CHR-Net §2.3, "the same strategy of [3]", Naylor et al.
+2019): the markers are the regional maxima of the predicted distance map inside the
+predicted nuclei, taken as h-maxima (maxima whose dynamic is at least ``h``, which drops
+the shallow maxima that noise in a predicted map creates), and the watershed of
+``-distance`` restricted to the mask splits touching nuclei between them. Thresholding
+the distance map (``marker_mode="threshold"``) is kept as an option.
+
 Each instance's class is the majority vote of the per-pixel class map over its pixels
 (:func:`histozoom.metrics.instances.instance_classes`: background 0 loses to any class,
 ties go to the smaller class id); its probability is the vote share of that class.
@@ -30,12 +34,14 @@ class WatershedConfig:
 
     ``fg_threshold``: foreground is ``binary_prob > fg_threshold``. ``marker_mode``:
 
-    * ``"threshold"`` (default): each connected peak region ``{distance >=
-      marker_threshold}`` inside the foreground is one marker (robust on plateaus and
-      elongated nuclei; suits a distance map normalised to 1 at each nucleus centre);
+    * ``"h_maxima"`` (default, the paper's rule): the regional maxima of the distance map
+      inside the foreground whose dynamic (height above the highest saddle that leads to a
+      higher maximum) is at least ``h``; ``h`` is in the distance map's units (the DIST
+      target peaks at 1 in every nucleus);
+    * ``"threshold"``: each connected region ``{distance >= marker_threshold}`` inside the
+      foreground is one marker (robust on plateaus and elongated nuclei);
     * ``"local_max"``: local maxima of the distance map with value ``>= marker_threshold``
-      at least ``min_marker_distance`` px apart (``skimage.feature.peak_local_max``);
-    * ``"h_maxima"``: the h-maxima of the distance map (regional maxima of dynamic ``>= h``).
+      at least ``min_marker_distance`` px apart (``skimage.feature.peak_local_max``).
 
     ``min_size``: instances with fewer pixels are removed. ``connectivity``: of the
     foreground components (1 = 4-neighbours, 2 = 8). A foreground component that gets no
@@ -44,7 +50,7 @@ class WatershedConfig:
 
     fg_threshold: float = 0.5
     marker_threshold: float = 0.5
-    marker_mode: Literal["threshold", "local_max", "h_maxima"] = "threshold"
+    marker_mode: Literal["h_maxima", "threshold", "local_max"] = "h_maxima"
     min_marker_distance: int = 3
     h: float = 0.1
     min_size: int = 10

@@ -12,13 +12,28 @@ Definition (challenge report, section 2.3 and Algorithm 1; official code
 * TP, FP and the number of GT cells are **pooled over all images** per class; precision,
   recall and F1 follow per class; mF1 is the mean of the per-class F1.
 
-Tie-breaking (the official code leaves two ties to implementation details; we fix them):
+Visiting order — three texts, one result on the real submissions:
 
-* Probabilities are compared as float32 (the official code holds them in a float32
-  array), and equal probabilities keep their input order (a *stable* sort; the official
-  ``np.argsort`` is not guaranteed stable).
-* Among GT cells at the same distance, the one listed first wins (the official
-  ``min(..., key=distance)`` returns the first minimum).
+* **The challenge report** (Algorithm 1) visits predictions by descending confidence.
+* **The public ``ocelot23algo`` ``evaluation/eval.py``** stores each prediction as
+  ``(x, y, cls, prob)`` and then takes column 2 as the "confidence", i.e. the *class id*,
+  not the probability. Within one class that key is constant, so predictions are visited
+  in whatever order numpy's default (unstable) ``argsort`` leaves equal keys. The same
+  code raises (an ``IndexError`` on an empty GT array) on an image that has predictions
+  of a class but no GT cell of that class; the two real submissions in
+  ``shared/data/ocelot/predictions`` have 15 and 17 such image–class cases, so the scores
+  of the official table did not come from that file unchanged. (Its history also has
+  both 25 px and 15 px as ``DISTANCE_CUTOFF``; the report states 15 px = 3 µm.)
+* **histozoom** follows the report: descending probability compared as float32 (the
+  official code holds values in float32 arrays), equal probabilities in input order (a
+  *stable* sort); such images count their predictions as FPs.
+
+On both real submissions the three orders (probability, input order, numpy's order of
+the class-id key) give the same counts and the official table to the last digit (checked
+by ``tests/metrics/test_detection.py``); they differ only where two predictions compete
+for one GT cell, and ``test_probability_order_differs_from_input_order`` is such a case.
+Among GT cells at the same distance, the one listed first wins (the official
+``min(..., key=distance)`` returns the first minimum).
 
 Distances: a pair is a hit when ``dx² + dy² <= r²``, computed in float64. For integer
 pixel coordinates (the challenge format) this is exact, so a distance of exactly 15 px is

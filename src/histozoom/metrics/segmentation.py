@@ -15,13 +15,14 @@ not a class id (e.g. 0 or 255) on a valid pixel counts as a miss for the true cl
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
-from .counts import PerImageCounts
+from ..jsonio import nan_to_none
 from ..pair import OCELOT_TISSUE_CLASSES, ClassSet
+from .counts import PerImageCounts
 
 INTER, PRED, GT = 0, 1, 2
 
@@ -74,17 +75,12 @@ class SegmentationCounts(PerImageCounts):
     def scores(self) -> dict:
         s = segmentation_scores(self.totals)
         per_class = {
-            name: {"iou": _f(s["iou"][c]), "dice": _f(s["dice"][c]),
+            name: {"iou": nan_to_none(s["iou"][c]), "dice": nan_to_none(s["dice"][c]),
                    "intersection": int(self.totals[c, INTER]), "predicted": int(self.totals[c, PRED]),
                    "ground_truth": int(self.totals[c, GT])}
             for c, name in enumerate(self.classes.names)
         }
-        return {"mIoU": _f(s["miou"]), "mDice": _f(s["mdice"]), "classes": per_class, "n_images": len(self.images)}
-
-
-def _f(v) -> float | None:
-    v = float(v)
-    return None if np.isnan(v) else v
+        return {"mIoU": nan_to_none(s["miou"]), "mDice": nan_to_none(s["mdice"]), "classes": per_class, "n_images": len(self.images)}
 
 
 def count_segmentation(

@@ -35,8 +35,8 @@ initialisation; ImageNet weights come only from a local state-dict file
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -56,12 +56,23 @@ from ..errors import InputError
 POSITIONS: tuple[str, ...] = ("input", "encoder", "aspp", "decoder")
 """Injection boundaries in forward order (Fig. 4 a–d)."""
 
+ENCODER_DEPTH = 5
+"""Encoder stages of every branch (smp ``depth``): features at strides 1, 2, 4, …, 32."""
+
+
+def encoder_size_multiple(output_stride: int, depth: int = ENCODER_DEPTH) -> int:
+    """What input height and width must be divisible by for an smp encoder of ``depth``
+    stages built at ``output_stride``: its total downsampling ``min(output_stride,
+    2**depth)`` (smp's ``encoder.output_stride``). Every strided stage then halves the
+    map exactly, so skip connections and the final upsampling meet the input size again."""
+    return min(int(output_stride), 2 ** int(depth))
+
 
 # ---------------------------------------------------------------------- encoder pieces
 class _BlockDropout:
     """Mixin for torchvision ResNet blocks: the block output goes through ``self.dropout``."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(super().forward(x))
 
 
@@ -113,7 +124,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(path), device="cpu")
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
+    except Exception as err:
         raise InputError(path, f"cannot read a state dict ({type(err).__name__}: {err})") from err
     for key in ("state_dict", "model"):
         if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping):
@@ -131,7 +142,8 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     """Load a local state-dict file into a freshly built 3-input-channel ``encoder``.
 
     Accepts torchvision/timm-style ResNet state dicts (``conv1.weight``, ``layer1.0...``;
-    ``fc.*`` is dropped; for ``tu-`` encoders the keys of the timm model), optionally nested under ``state_dict``/``model`` or prefixed with
+    ``fc.*`` is dropped; for ``tu-`` encoders the keys of the timm model), optionally nested
+    under ``state_dict``/``model`` or prefixed with
     ``module.``/``encoder.``; ``.safetensors`` or ``torch.save`` files. Any missing,
     unexpected or mis-shaped key raises :class:`~histozoom.errors.InputError` naming the file.
     """
@@ -189,12 +201,12 @@ def build_encoder(
     weights: str | Path | None = None,
     dropout: float = 0.0,
 ) -> nn.Module:
-    """smp encoder (depth 5) returning ``[x, s2, s4, s8, s16, s32-or-dilated]`` features.
+    """smp encoder (depth :data:`ENCODER_DEPTH` = 5) returning ``[x, s2, s4, s8, s16, s32-or-dilated]`` features.
 
     ``weights``: ``None`` (random init) or a local state-dict file for the 3-channel
     encoder; never downloads. ``dropout``: ``Dropout2d`` probability after every block.
     """
-    enc = get_encoder(name, in_channels=3, depth=5, weights=None, output_stride=output_stride)
+    enc = get_encoder(name, in_channels=3, depth=ENCODER_DEPTH, weights=None, output_stride=output_stride)
     if weights is not None:
         load_encoder_weights(enc, weights)
     _set_in_channels(enc, in_channels, keep_weights=weights is not None)
@@ -208,7 +220,7 @@ def encoder_channels(name: str) -> tuple[int, ...]:
     listed = smp_encoders.get(name, {}).get("params", {}).get("out_channels")
     if listed is not None:
         return tuple(listed)
-    return tuple(get_encoder(name, depth=5, weights=None).out_channels)
+    return tuple(get_encoder(name, depth=ENCODER_DEPTH, weights=None).out_channels)
 
 
 def _cat(x: torch.Tensor, extras: Sequence[torch.Tensor] | torch.Tensor | None) -> torch.Tensor:
@@ -261,18 +273,24 @@ class StagedRun:
         return self.branch.head(self._x)
 
 
-class _StagedBranch(nn.Module):
-    """Shared interface: ``encode``, ``aspp``, ``decode``, ``head`` and ``forward``.
+class StagedBranch(nn.Module):
+    """Base class of the branches (:class:`DeepLabBranch`, :class:`~histozoom.models.unet.UNetBranch`):
+    ``encode``, ``aspp``, ``decode``, ``head`` and ``forward``, run stage by stage by
+    :class:`StagedRun`.
 
-    Attributes set by subclasses: ``channels`` (raw channels at each position),
-    ``extra_channels`` (channels concatenated at each position), ``strides`` and
-    ``size_multiple`` (input height/width must be a multiple of it).
+    Class attributes of a subclass: ``output_stride`` (the stride its encoder is built
+    at), from which ``size_multiple`` follows (:func:`encoder_size_multiple`; input
+    height and width must be multiples of it — the one place the branch's input
+    constraint is stated), and ``strides`` (the map stride at each position). Set in
+    ``__init__``: ``channels`` (raw channels at each position) and ``extra_channels``
+    (channels concatenated at each position).
     """
 
+    output_stride: int
+    size_multiple: int
     channels: dict[str, int]
     extra_channels: dict[str, int]
     strides: dict[str, int]
-    size_multiple: int
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder feature list ``[x, s2, s4, s8, s16, deepest]`` for input ``x``."""
@@ -291,7 +309,10 @@ class _StagedBranch(nn.Module):
         return run.finish()
 
 
-def _check_extra(extra_channels: Mapping[str, int] | None, allowed: Sequence[str]) -> dict[str, int]:
+def check_extra_channels(extra_channels: Mapping[str, int] | None, allowed: Sequence[str]) -> dict[str, int]:
+    """``{position: K}`` for every position of ``POSITIONS`` (0 where not given) from a
+    branch's ``extra_channels`` argument; ``ValueError`` for an unknown position or for
+    channels at a position outside ``allowed`` (the boundaries that branch can widen)."""
     extra = {pos: 0 for pos in POSITIONS}
     for pos, k in (extra_channels or {}).items():
         if pos not in POSITIONS:
@@ -325,7 +346,7 @@ class DeepLabV3PlusDecoderStage(nn.Module):
         return self.block2(torch.cat([up, self.block1(high_res)], dim=1))
 
 
-class DeepLabBranch(_StagedBranch):
+class DeepLabBranch(StagedBranch):
     """DeepLabV3+ with an smp encoder at output stride 16, cut at ``POSITIONS``.
 
     Parameters
@@ -347,7 +368,8 @@ class DeepLabBranch(_StagedBranch):
         As smp's ``DeepLabV3Plus`` (defaults equal).
     """
 
-    size_multiple = 16
+    output_stride = 16  # the last stage dilated
+    size_multiple = encoder_size_multiple(output_stride)
     strides = {"input": 1, "encoder": 16, "aspp": 16, "decoder": 4}
 
     def __init__(
@@ -364,13 +386,15 @@ class DeepLabBranch(_StagedBranch):
         aspp_dropout: float = 0.5,
     ):
         super().__init__()
-        extra = _check_extra(extra_channels, POSITIONS)
+        extra = check_extra_channels(extra_channels, POSITIONS)
         self.extra_channels = extra
-        self.encoder = build_encoder(encoder_name, in_channels + extra["input"], 16, encoder_weights, dropout)
+        self.encoder = build_encoder(encoder_name, in_channels + extra["input"], self.output_stride,
+                                     encoder_weights, dropout)
         enc_ch = self.encoder.out_channels
         self.channels = {"input": in_channels, "encoder": enc_ch[-1], "aspp": decoder_channels, "decoder": decoder_channels}
         self.aspp = nn.Sequential(
-            ASPP(enc_ch[-1] + extra["encoder"], decoder_channels, tuple(atrous_rates), separable=aspp_separable, dropout=aspp_dropout),
+            ASPP(enc_ch[-1] + extra["encoder"], decoder_channels, tuple(atrous_rates), separable=aspp_separable,
+                 dropout=aspp_dropout),
             SeparableConv2d(decoder_channels, decoder_channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(decoder_channels),
             nn.ReLU(),

@@ -51,14 +51,15 @@ shared features]`` (only those present).
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.nn as nn
 
-from ..geometry import Placement, cell_to_tissue, tissue_to_cell, window_tensor
 from ..config_fields import DictConfig
+from ..geometry import Placement, cell_to_tissue, tissue_to_cell, window_tensor
 from .branch import POSITIONS, DeepLabBranch, StagedRun
 from .unet import UNetBranch
 
@@ -192,7 +193,32 @@ class CellTissueConfig(DictConfig):
         """Boundaries with a cell→tissue exchange."""
         return tuple(p for p, s in zip(SHARE_POSITIONS, self.sharing) if s in ("c2t", "both"))
 
-    def build(self, pretrained: bool = True) -> "CellTissueModel":
+    @property
+    def reads_tissue_view(self) -> bool:
+        """Whether the model runs a branch on the tissue view (a tissue branch reading the
+        large-FoV image; label leaking uses only the tissue *mask*)."""
+        return self.tissue_branch and self.tissue_input == "tissue"
+
+    @property
+    def cell_size_multiple(self) -> int:
+        """Cell-view height and width must be multiples of this, without building the
+        model: the ``size_multiple`` of the branch class of ``architecture`` (both branches
+        are of it). Equals the built model's property of the same name."""
+        return ARCHITECTURES[self.architecture].size_multiple
+
+    @property
+    def tissue_size_multiple(self) -> int:
+        """Tissue-view height and width must be multiples of this: the tissue branch's
+        ``size_multiple``; 1 when no branch reads the tissue view."""
+        return ARCHITECTURES[self.architecture].size_multiple if self.reads_tissue_view else 1
+
+    @property
+    def size_multiple(self) -> int:
+        """A size for *both* views (``TrainConfig.size``, ``Predictor(size=...)``) must be a
+        multiple of this: the least common multiple of the two views' multiples."""
+        return math.lcm(self.cell_size_multiple, self.tissue_size_multiple)
+
+    def build(self, pretrained: bool = True) -> CellTissueModel:
         """The model. ``pretrained=False`` skips loading ``encoder_weights`` (used when a
         checkpoint supplies all weights)."""
         return CellTissueModel(self, load_encoder_weights=pretrained)
@@ -213,6 +239,10 @@ class CellTissueModel(nn.Module):
     Submodules: ``cell`` and ``tissue`` (branches with ``encoder``/``aspp``/``decoder``/
     ``head``; ``tissue`` is ``None`` without a tissue branch), ``t2c`` and ``c2t``
     (``nn.ModuleDict`` position → exchange conv). See the module docstring for I/O.
+
+    Input constraints (asked by trainers, predictors and the CLI; taken from the branches'
+    ``size_multiple``): ``cell_size_multiple`` and ``tissue_size_multiple`` for each view,
+    ``size_multiple`` for one size shared by both views.
     """
 
     def __init__(self, config: CellTissueConfig, load_encoder_weights: bool = True):
@@ -251,6 +281,29 @@ class CellTissueModel(nn.Module):
         return DeepLabBranch(**common, decoder_channels=cfg.decoder_channels,
                              atrous_rates=cfg.atrous_rates, aspp_dropout=cfg.aspp_dropout)
 
+    # ------------------------------------------------------------------ input constraints
+    @property
+    def cell_size_multiple(self) -> int:
+        """Cell-view height and width must be multiples of this (the cell branch's
+        ``size_multiple``; with ``tissue_input="cell"`` also the tissue branch's)."""
+        m = self.cell.size_multiple
+        if self.tissue is not None and self.config.tissue_input == "cell":
+            m = math.lcm(m, self.tissue.size_multiple)
+        return m
+
+    @property
+    def tissue_size_multiple(self) -> int:
+        """Tissue-view height and width must be multiples of this (the tissue branch's
+        ``size_multiple``; 1 when no branch reads the tissue view)."""
+        if self.tissue is None or self.config.tissue_input == "cell":
+            return 1
+        return self.tissue.size_multiple
+
+    @property
+    def size_multiple(self) -> int:
+        """One size for both views must be a multiple of this (lcm of the two views')."""
+        return math.lcm(self.cell_size_multiple, self.tissue_size_multiple)
+
     # ------------------------------------------------------------------ input checks
     def _check_image(self, x: torch.Tensor | None, label: str, branch: nn.Module) -> None:
         if x is None:
@@ -259,7 +312,8 @@ class CellTissueModel(nn.Module):
             raise ValueError(f"{label} must be (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         m = branch.size_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(f"{label}: height and width must be multiples of {m}, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"{self.config.name}: {label} height and width must be multiples of {m}, "
+                             f"got {tuple(x.shape[-2:])}")
 
     def _windows(self, windows, batch: int, device) -> torch.Tensor:
         if self.config.tissue_input == "cell":

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -107,7 +108,7 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
 
     try:
         state = load_file(str(path), device=str(map_location))
-    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
+    except Exception as err:
         raise InputError(path, f"cannot read safetensors ({type(err).__name__}: {err})") from err
     try:
         model.load_state_dict(state, strict=strict)

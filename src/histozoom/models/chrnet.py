@@ -7,7 +7,8 @@ registry names are in :mod:`histozoom.models.registry` (``chrnet``, ``chrnet-shr
 Input and outputs
 -----------------
 ``model(image)`` with ``image`` ``(B, in_channels, H, W)`` float, ``H`` and ``W``
-multiples of 32 (``ValueError`` otherwise). It returns a ``dict``; every map is at ``H × W``:
+multiples of ``model.size_multiple`` (= ``config.size_multiple``, 32: the encoder's total
+stride; ``ValueError`` otherwise). It returns a ``dict``; every map is at ``H × W``:
 
 * ``"class_logits"`` ``(B, n_classes + 1, H, W)``: channel 0 = background, channel ``k``
   = nucleus class id ``k`` (ccRCC: 1 = G1, 2 = G2, 3 = G3, 4 = endothelial). Always.
@@ -76,8 +77,9 @@ Task targets come from the class map through ``task_groups``
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -88,7 +90,7 @@ from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torchvision.models.resnet import BasicBlock
 
 from ..config_fields import DictConfig
-from .branch import build_encoder
+from .branch import build_encoder, encoder_size_multiple
 
 __all__ = [
     "ARCHITECTURES",
@@ -113,7 +115,8 @@ ARCHITECTURES: tuple[str, ...] = ("chrnet", "unet")
 CLASSIFICATIONS: tuple[str, ...] = ("single", "two-task")
 SEGMENTATIONS: tuple[str, ...] = ("none", "udist", "wnet")
 AUX_SCALES: tuple[int, ...] = (1, 2, 4, 8, 16)
-SIZE_MULTIPLE = 32
+ENCODER_OUTPUT_STRIDE = 32
+"""Every variant's encoder runs undilated (the U-Net decoders need all five stages)."""
 
 CCRCC_TASK_GROUPS: tuple[tuple[tuple[int, ...], ...], ...] = (((1, 2), (3,), (4,)), ((1,), (2, 3), (4,)))
 """The ccRCC cross-category tasks: task 1 merges G1+G2, task 2 merges G2+G3
@@ -245,12 +248,20 @@ class ChrNetConfig(DictConfig):
         return len(self.task_groups) if self.classification == "two-task" else 1
 
     @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (every variant): the encoder's
+        total stride (:func:`~histozoom.models.branch.encoder_size_multiple` of
+        :data:`ENCODER_OUTPUT_STRIDE`), which the U-Net decoders' skip connections need.
+        The built model's ``size_multiple`` is this."""
+        return encoder_size_multiple(ENCODER_OUTPUT_STRIDE)
+
+    @property
     def aux_scales(self) -> tuple[int, ...]:
         """Auxiliary downsampling of each HRFE (SHR: the image itself)."""
         return self.task_aux_scales if self.classification == "two-task" else (1,)
 
     @classmethod
-    def from_scheme(cls, scheme: Any, merges: Sequence[str] | None = None, **fields: Any) -> "ChrNetConfig":
+    def from_scheme(cls, scheme: Any, merges: Sequence[str] | None = None, **fields: Any) -> ChrNetConfig:
         """A config whose ``n_classes`` and ``task_groups`` come from a
         :class:`~histozoom.data.nuclei.readers.NucleiClassScheme` (ids must be 1..n)."""
         ids = sorted(int(i) for i in scheme.classes.ids)
@@ -258,7 +269,7 @@ class ChrNetConfig(DictConfig):
             raise ValueError(f"scheme {scheme.name!r}: class ids must be 1..n, got {ids}")
         return cls(**{"n_classes": len(ids), "task_groups": task_groups_from_scheme(scheme, merges), **fields})
 
-    def build(self, pretrained: bool = True) -> "ChrNet":
+    def build(self, pretrained: bool = True) -> ChrNet:
         """The model. ``pretrained=False`` skips loading ``encoder_weights``."""
         return ChrNet(self, load_encoder_weights=pretrained)
 
@@ -478,7 +489,7 @@ class ChrNet(nn.Module):
     def __init__(self, config: ChrNetConfig, load_encoder_weights: bool = True):
         super().__init__()
         self.config = cfg = config
-        body = build_encoder(cfg.encoder_name, cfg.in_channels, 32,
+        body = build_encoder(cfg.encoder_name, cfg.in_channels, ENCODER_OUTPUT_STRIDE,
                              cfg.encoder_weights if load_encoder_weights else None, cfg.encoder_dropout)
         self.encoder = GCResNetEncoder(body, cfg.global_context, cfg.gc_reduction)
         enc_ch = self.encoder.out_channels
@@ -509,14 +520,20 @@ class ChrNet(nn.Module):
             self.fusion = nn.Conv2d(sum(outs), n_out, kernel_size=1)
             _fusion_init(self.fusion, cfg.task_groups, cfg.n_classes)
 
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (see ``ChrNetConfig.size_multiple``)."""
+        return self.config.size_multiple
+
     def _check(self, image: torch.Tensor) -> None:
         c = self.config.in_channels
         if image.dim() != 4 or image.shape[1] != c:
             raise ValueError(f"{self.config.name}: image must be (B, {c}, H, W), got {tuple(image.shape)}")
         h, w = image.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+        m = self.size_multiple
+        if h % m or w % m:
             raise ValueError(f"{self.config.name}: image height and width must be multiples of "
-                             f"{SIZE_MULTIPLE}, got {h}x{w}")
+                             f"{m}, got {h}x{w}")
 
     def forward(self, image: torch.Tensor) -> dict[str, Any]:
         """``{"class_logits", "task_logits", "binary_logits"?, "distance"?}`` (module docstring)."""

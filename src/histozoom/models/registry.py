@@ -24,7 +24,8 @@ segmentation), ``chrnet-mhr-udist`` (+ U-Net distance regression),
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch.nn as nn
 
@@ -33,9 +34,14 @@ from .chrnet import ChrNetConfig
 
 
 class ModelConfig(Protocol):
-    """What the registry needs of a config: ``replace(**fields)`` and ``build()``."""
+    """What the registry needs of a config: ``replace(**fields)``, ``build()`` and
+    ``size_multiple`` (input sides must be multiples of it; the built model has the same
+    property, which trainers, predictors and the CLI ask instead of a constant)."""
 
-    def replace(self, **changes: Any) -> "ModelConfig": ...
+    def replace(self, **changes: Any) -> ModelConfig: ...
+
+    @property
+    def size_multiple(self) -> int: ...
 
     def build(self, pretrained: bool = True) -> nn.Module: ...
 
@@ -106,6 +112,24 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
 def build_model(name: str, **overrides: Any) -> nn.Module:
     """Build variant ``name`` (random init unless ``encoder_weights`` names a local file)."""
     return get_config(name, **overrides).build()
+
+
+def size_multiples(family: str | None = "cell-tissue") -> dict[str, int]:
+    """``{name: size_multiple}`` of the registered variants of ``family`` with their
+    default configs (nothing is built): the input side multiple each one needs for a
+    size shared by all its inputs (``size_multiple`` of the config and of the model)."""
+    return {n: get_config(n).size_multiple for n in list_models(family)}
+
+
+def describe_size_multiples(family: str | None = "cell-tissue") -> str:
+    """The size multiples of ``family`` in words, for help texts: the most common one,
+    then the exceptions, e.g. ``"16, or 32 for unet-cell-only"``."""
+    by_multiple: dict[int, list[str]] = {}
+    for n, m in size_multiples(family).items():
+        by_multiple.setdefault(m, []).append(n)
+    ordered = sorted(by_multiple, key=lambda m: (-len(by_multiple[m]), m))
+    parts = [str(ordered[0])] + [f"{m} for {', '.join(by_multiple[m])}" for m in ordered[1:]]
+    return ", or ".join(parts)
 
 
 # ---------------------------------------------------------------------- the OCELOT family

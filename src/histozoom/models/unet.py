@@ -8,8 +8,8 @@ only the "input" boundary takes extra channels (label leaking / pred-to-input wo
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,17 +17,24 @@ from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.base import initialization as smp_init
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 
-from .branch import _check_extra, _StagedBranch, build_encoder
+from .branch import (
+    StagedBranch,
+    build_encoder,
+    check_extra_channels,
+    encoder_size_multiple,
+)
 
 
-class UNetBranch(_StagedBranch):
+class UNetBranch(StagedBranch):
     """U-Net (smp defaults: decoder channels 256-128-64-32-16, batch norm, 3×3 head).
 
     ``forward(x (B, in_channels + K_input, H, W)) -> logits (B, classes, H, W)``; ``H`` and
-    ``W`` must be multiples of 32.
+    ``W`` must be multiples of ``size_multiple`` (32: the skip connections need every one
+    of the five encoder stages to halve the map exactly).
     """
 
-    size_multiple = 32
+    output_stride = 32
+    size_multiple = encoder_size_multiple(output_stride)
     strides = {"input": 1, "encoder": 32, "aspp": 32, "decoder": 1}
 
     def __init__(
@@ -41,9 +48,10 @@ class UNetBranch(_StagedBranch):
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
     ):
         super().__init__()
-        extra = _check_extra(extra_channels, ("input",))
+        extra = check_extra_channels(extra_channels, ("input",))
         self.extra_channels = extra
-        self.encoder = build_encoder(encoder_name, in_channels + extra["input"], 32, encoder_weights, dropout)
+        self.encoder = build_encoder(encoder_name, in_channels + extra["input"], self.output_stride,
+                                     encoder_weights, dropout)
         enc_ch = self.encoder.out_channels
         self.channels = {"input": in_channels, "encoder": enc_ch[-1], "aspp": enc_ch[-1], "decoder": decoder_channels[-1]}
         self.aspp = nn.Identity()

@@ -38,16 +38,17 @@ standard deviation (ddof = 1); undefined (``None``) for fewer than two runs.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..atomic import write_json, write_text
+from ..config_fields import DictConfig
 from ..errors import InputError
 from ..models.cell_tissue import SHARE_MODES, all_sharing_configs
 from ..reports.tables import format_table
@@ -99,8 +100,12 @@ def format_ci(ci: Mapping[str, Any], scale: float = 100.0, digits: int = 2) -> s
 
 # ---------------------------------------------------------------------- configuration
 @dataclass
-class ExperimentConfig:
-    """An experiment: the base training config and what varies around it (see module doc)."""
+class ExperimentConfig(DictConfig):
+    """An experiment: the base training config and what varies around it (see module doc).
+
+    ``to_dict``/``from_dict`` (:class:`~histozoom.config_fields.DictConfig`) hold ``base``
+    as a nested dict; a mapping given as ``base`` is read with ``TrainConfig.from_dict``.
+    """
 
     base: TrainConfig = field(default_factory=TrainConfig)
     models: list[str] = field(default_factory=lambda: list(PAPER_MODELS))
@@ -132,15 +137,6 @@ class ExperimentConfig:
             problems.append(f"level must be in (0, 1), got {self.level}")
         if problems:
             raise ValueError("ExperimentConfig: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["base"] = self.base.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
-        return cls(**dict(d))
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> list[dict[str, float]]:

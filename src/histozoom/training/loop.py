@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..atomic import atomic_open, atomic_path, write_json
+from ..atomic import atomic_dir, atomic_open, atomic_path, recover_dir, write_json
 from ..errors import InputError
 from ..models.checkpoint import BEST_CHECKPOINT as CHECKPOINT_NAME
 from ..models.checkpoint import save_pretrained
@@ -63,40 +63,6 @@ DONE_FILE = "done.json"
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed from integer keys (``numpy.random.SeedSequence``)."""
     return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
-
-
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to ``path``; on success it replaces ``path``.
-
-    The old folder is renamed aside first and removed after the swap; if a crash leaves
-    only the aside copy, :func:`recover_dir` puts it back.
-    """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp"
-    old = path.parent / f".{path.name}.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old.exists():
-        shutil.rmtree(old)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_dir(path: str | Path) -> None:
-    """Undo an interrupted :func:`atomic_dir` swap (the aside copy goes back)."""
-    path = Path(path)
-    old = path.parent / f".{path.name}.old"
-    if not path.exists() and old.exists():
-        os.replace(old, path)
 
 
 def resolve_device(device: str) -> str:

@@ -18,9 +18,10 @@ frozen: ``freeze_encoder_epochs``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -34,7 +35,7 @@ from ..models.checkpoint import from_pretrained
 from ..models.chrnet import ChrNetLoss, targets_for_config
 from ..models.registry import get_config, list_models, model_family
 from ..nuclei_evaluation import evaluate_samples
-from .config import RunConfig
+from .config import RunConfig, model_size_multiple, size_problem
 from .distributed import SINGLE, DistInfo, unwrap
 from .loop import CHECKPOINT_NAME, RunLoop
 
@@ -49,7 +50,8 @@ class NucleiTrainConfig(RunConfig):
     Data: ``data`` (a folder :func:`~histozoom.data.nuclei.readers.open_nuclei` reads
     with splits, e.g. :func:`~histozoom.data.nuclei.synthetic.write_synthetic_nuclei`'s),
     ``train_split``/``val_split``/``test_split`` (``None``: none), ``crop`` (random
-    training crops of ``crop``×``crop`` px, a multiple of 32; ``None`` = whole tiles),
+    training crops of ``crop``×``crop`` px, a multiple of the model's ``size_multiple``,
+    32 for every CHR-Net variant; ``None`` = whole tiles, padded to that multiple),
     ``augment``.
 
     Model: ``model`` (registry name: ``chrnet``, ``chrnet-shr``, ``chrnet-mhr``,
@@ -88,8 +90,10 @@ class NucleiTrainConfig(RunConfig):
         super().__post_init__()
 
     def problems(self):
-        if self.crop is not None and (self.crop < 32 or self.crop % 32):
-            yield f"crop must be a multiple of 32 (the models' stride), got {self.crop}"
+        problem = size_problem("crop", self.crop, self.model,
+                               None if self.crop is None else model_size_multiple(self.model, self.model_overrides))
+        if problem:
+            yield problem
         if self.freeze_encoder_epochs < 0:
             yield f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}"
         try:
@@ -143,6 +147,9 @@ class NucleiTrainer(RunLoop):
                                            f"found {len(scheme.merges)}")
             overrides["task_groups"] = tuple(m.groups for m in scheme.merges[:2])
         self.model_config = get_config(cfg.model, **{**overrides, **cfg.model_overrides})
+        problem = size_problem("crop", cfg.crop, cfg.model, self.model_config.size_multiple)  # the model says
+        if problem:
+            raise InputError(None, problem)
         self.loss_fn = ChrNetLoss(cfg.loss_weights or None)
         self.watershed = cfg.watershed_config()
 
@@ -156,7 +163,7 @@ class NucleiTrainer(RunLoop):
 
     def make_train_set(self) -> NucleiTrainSet:
         augment = NucleiAugment(AugmentConfig()) if self.cfg.augment else None
-        return NucleiTrainSet(self.train_data, self.cfg.crop, augment)
+        return NucleiTrainSet(self.train_data, self.cfg.crop, augment, multiple=self.model_config.size_multiple)
 
     def epoch_hook(self, epoch: int) -> None:
         # the pretrained ResNet body only: the global-context blocks start as the identity

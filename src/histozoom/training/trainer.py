@@ -33,8 +33,9 @@ rank 0 validates and writes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -43,11 +44,12 @@ from ..data.base import DatasetSpec
 from ..data.open import open_dataset
 from ..data.samples import PairDataset, SampleConfig
 from ..errors import InputError
+from ..evaluation import score_split, split_ground_truth
 from ..inference.decode import PeakConfig
-from ..inference.predictor import Predictor, score_split, split_ground_truth
+from ..inference.predictor import Predictor
 from ..models.checkpoint import from_pretrained
 from ..models.registry import get_config, model_family
-from .config import TRAIN_CONFIG_FILE, TrainConfig
+from .config import TRAIN_CONFIG_FILE, TrainConfig, size_problem
 from .distributed import SINGLE, DistInfo, unwrap
 from .loop import CHECKPOINT_NAME, RunLoop
 from .losses import CellTissueLoss
@@ -90,7 +92,8 @@ class Trainer(RunLoop):
             self.log(f"no split {self.cfg.val_split!r}: no validation; the last epoch is kept as best")
         missing = [s for s in self.train_split.ids if self.train_split.points(s) is None]
         if missing:
-            raise InputError(self.cfg.data, f"training split {self.cfg.train_split!r}: sample {missing[0]!r} has no cell annotations")
+            raise InputError(self.cfg.data,
+                             f"training split {self.cfg.train_split!r}: sample {missing[0]!r} has no cell annotations")
         if len(self.train_split) == 0:
             raise InputError(self.cfg.data, f"training split {self.cfg.train_split!r} is empty")
 
@@ -101,11 +104,15 @@ class Trainer(RunLoop):
         self.model_config = get_config(self.cfg.model, **self.cfg.model_kwargs(
             len(self.spec.cell_classes), len(tc) if tc is not None else None))
         if (self.model_config.tissue_branch or self.model_config.leak_tissue_labels) and tc is None:
-            raise InputError(self.cfg.data, f"model {self.cfg.model!r} needs tissue annotations; the dataset has no tissue classes")
+            raise InputError(self.cfg.data,
+                             f"model {self.cfg.model!r} needs tissue annotations; the dataset has no tissue classes")
         if self.model_config.leak_tissue_labels and tuple(tc.ids) != tuple(range(1, len(tc) + 1)):
             # the model one-hots leaked labels as id k + 1 -> channel k (models.cell_tissue.tissue_index)
             raise InputError(self.cfg.data, f"label leaking needs tissue class ids 1..{len(tc)}, got {list(tc.ids)}")
         mc = self.model_config
+        problem = size_problem("size", self.cfg.size, self.cfg.model, mc.size_multiple)  # the model says
+        if problem:
+            raise InputError(None, problem)
         tissue_weight = self.cfg.tissue_weight if (mc.tissue_branch and mc.tissue_supervised) else 0.0
         self.loss_fn = CellTissueLoss(self.spec.cell_classes, tc, self.cfg.cell_weight, tissue_weight,
                                       tissue_in_cell_frame=mc.tissue_input == "cell").to(self.device)
