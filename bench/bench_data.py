@@ -3,8 +3,10 @@
 Measures, in one run on the same files:
   A. reading the two images alone;
   B. reading + targets (disk map, tissue crop) + paired augmentation + tensors
-     (what a training step consumes).
-Prints both rates and the ratio B/A (the overhead of everything beyond decoding).
+     (what a training step consumes);
+  C. as B with Gaussian heatmaps;
+  D. generating one synthetic nuclei grading tile.
+Prints the rates and the ratios to A (the overhead of everything beyond decoding).
 
     python bench/bench_data.py [--pairs 8] [--size 1024] [--repeats 3]
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 from histozoom.data.augment import PairedAugment
 from histozoom.data.io import read_rgb
+from histozoom.data.nuclei.synthetic import NucleiSynthConfig, generate_sample
 from histozoom.data.ocelot_release import OcelotRelease, OcelotReleaseWriter
 from histozoom.data.samples import PairDataset, SampleConfig
 from histozoom.geometry import Placement
@@ -76,6 +79,9 @@ def main() -> None:
     print(f"  A read images only                          {a:8.2f} pairs/s")
     print(f"  B read + disk targets + augment + tensors   {b:8.2f} pairs/s   A/B = {a / b:.2f}x time")
     print(f"  C as B + Gaussian heatmaps                  {c:8.2f} pairs/s   A/C = {a / c:.2f}x time")
+    cfg = NucleiSynthConfig()
+    d = rate(lambda k: generate_sample(cfg, np.random.default_rng(k), f"{k:02d}"), args.pairs, args.repeats)
+    print(f"  D synthetic nuclei tile ({cfg.size} px)          {d:8.2f} tiles/s   D/A = {d / a:.2f}x the pair-read rate")
 
 
 if __name__ == "__main__":

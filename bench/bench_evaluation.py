@@ -2,7 +2,7 @@
 
 Baselines:
 
-* **plain loop** -- the obviously-correct reference of ``tests/test_metrics_detection.py``
+* **plain loop** -- the obviously-correct reference of ``tests/metrics/test_detection.py``
   (per prediction, scan every unmatched GT cell of its class in Python);
 * **official-style** -- what ``ocelot23algo/evaluation/eval.py`` does: a full
   prediction x GT distance matrix per image and class (numpy), then a Python loop over
@@ -12,7 +12,8 @@ Data: the real OCELOT 2023 test set (126 images, 22,477 GT cells, r12_e30k's 21,
 predictions) when ``../shared/data`` (or ``$HISTOZOOM_SHARED_DATA``) is there, and a
 synthetic set of 100,000 points (100 images of 1024 x 1024 px, 500 GT + 500 predictions
 each), and the same density in one large image (10,000 points with the baselines; 100,000
-points with histozoom alone, where the baselines would need 2.5e9 distance checks). Bootstrap: 10,000 resamples of the 126 test images (2 methods), histozoom's
+points with histozoom alone, where the baselines would need 2.5e9 distance checks).
+Bootstrap: 10,000 resamples of the 126 test images (2 methods), histozoom's
 count-resampling vs re-summing the per-image counts of each resample by fancy indexing.
 
 Run: ``python bench/bench_evaluation.py [--repeat N]``. Prints one table of timings and
@@ -30,15 +31,15 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "metrics"))
 
-from test_metrics_detection import plain_counts  # noqa: E402  (the tests' reference loop)
+from test_detection import plain_counts
 
-from histozoom.data.challenge_json import read_challenge_json  # noqa: E402
-from histozoom.evaluation import EvaluationReport, MethodResult, bootstrap_report  # noqa: E402
-from histozoom.metrics.detection import count_detections, scores_from_counts  # noqa: E402
-from histozoom.metrics.stats import percentile_ci, resample_weights  # noqa: E402
-from histozoom.pair import OCELOT_CELL_CLASSES, Points  # noqa: E402
+from histozoom.data.challenge_json import read_challenge_json
+from histozoom.evaluation import EvaluationReport, MethodResult, bootstrap_report
+from histozoom.metrics.detection import count_detections, scores_from_counts
+from histozoom.metrics.stats import percentile_ci, resample_weights
+from histozoom.pair import OCELOT_CELL_CLASSES, Points
 
 
 def shared_data() -> Path:

@@ -24,8 +24,7 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from histozoom.metrics.instances import overlaps, score_instances  # noqa: E402
-
+from histozoom.metrics.instances import overlaps, score_instances
 
 # ---------------------------------------------------------------------- synthetic data
 

@@ -50,9 +50,9 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from histozoom.data.nuclei.readers import CCRCC
+from histozoom.data.nuclei.records import CCRCC, class_map
 from histozoom.data.nuclei.synthetic import NucleiSynthConfig, generate_sample
-from histozoom.data.nuclei.targets import class_map, distance_map
+from histozoom.data.nuclei.targets import distance_map
 from histozoom.inference.watershed import (
     WatershedConfig,
     classify_instances,

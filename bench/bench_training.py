@@ -1,6 +1,6 @@
 """Training cost per OCELOT variant, relative to cell-only, measured in one run.
 
-For every variant, through the real trainer (:class:`histozoom.training.trainer.Trainer`:
+For every variant, through the real trainer (:class:`histozoom.training.cell_tissue_trainer.Trainer`:
 Dice losses, Adam with the per-branch groups, bf16 autocast + channels_last on CUDA):
 
 * seconds per training step at batch ``--batch`` with both views at ``--size`` px
@@ -54,8 +54,8 @@ def make_data(root: Path, size: int, n: int) -> Path:
 
 
 def trainer_for(args, variant: str, run: Path):
+    from histozoom.training.cell_tissue_trainer import Trainer
     from histozoom.training.config import TrainConfig
-    from histozoom.training.trainer import Trainer
 
     overrides = {"encoder_name": args.encoder}
     cfg = TrainConfig(data=str(args.data), model=variant, model_overrides=overrides, size=args.size, batch_size=args.batch,
@@ -71,7 +71,7 @@ def sync(device) -> None:
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_models import _hwm_mib, _reset_hwm, _rss_mib  # noqa: E402  (the same RSS probes)
+from bench_models import _hwm_mib, _reset_hwm, _rss_mib
 
 
 def memory_child(args, variant: str) -> dict:
@@ -125,7 +125,7 @@ def main() -> int:
     n = len(batch["index"])
     times = {v: [] for v in args.variants}
     mem = {}
-    for v, t in trainers.items():  # warm-up
+    for _, t in trainers.items():  # warm-up
         t.train_step(batch)
     for _ in range(args.repeats):
         for v, t in trainers.items():

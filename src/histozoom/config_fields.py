@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import ConfigError
 
 
 def check_fields(cls_or_obj: Any, keys: Iterable[str]) -> None:
@@ -12,7 +15,7 @@ def check_fields(cls_or_obj: Any, keys: Iterable[str]) -> None:
     unknown = sorted(set(keys) - names)
     if unknown:
         cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(names)}")
 
 
 class DictConfig:

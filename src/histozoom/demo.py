@@ -24,9 +24,10 @@ ResNet-34 DeepLabV3+ at 256 px on four times the data for longer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -35,9 +36,9 @@ from .data.stats import dataset_stats, stats_tables
 from .data.synthetic import SynthConfig
 from .evaluation import EvaluationReport, evaluate, write_synthetic_dataset
 from .reports.tables import format_table
+from .training.cell_tissue_trainer import TEST_PREDICTIONS, train
 from .training.config import TrainConfig
 from .training.loop import DONE_FILE, read_done
-from .training.trainer import TEST_PREDICTIONS, train
 
 Echo = Callable[[str], None]
 
@@ -89,12 +90,12 @@ class DemoConfig:
     threads: int | None = 1
 
     @classmethod
-    def quick(cls, out: Path, shared_data: Path, **kw: Any) -> "DemoConfig":
+    def quick(cls, out: Path, shared_data: Path, **kw: Any) -> DemoConfig:
         """The default demo (about 15 minutes on 2 CPU cores)."""
         return cls(out, shared_data, **kw)
 
     @classmethod
-    def long(cls, out: Path, shared_data: Path, **kw: Any) -> "DemoConfig":
+    def long(cls, out: Path, shared_data: Path, **kw: Any) -> DemoConfig:
         """Closer to the paper: ResNet-34 DeepLabV3+ (default decoder), 256 px, 4x the data, 150 epochs."""
         base = dict(size=256, cell_mpp=0.2, tissue_mpp=0.8, n_train=128, n_val=16, n_test=64, epochs=150,
                     model_overrides={}, train={"batch_size": 8, "lr": 5e-4, "bn_recalibration": 8})

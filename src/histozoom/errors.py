@@ -16,3 +16,8 @@ class InputError(ValueError):
         if row is not None:
             where = f"{where}:{row}"
         super().__init__(f"{where}: {problem}")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration (unknown field, value out of range, size that the model
+    cannot take); the message names the config and every problem found."""

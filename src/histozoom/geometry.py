@@ -27,8 +27,9 @@ extent (:meth:`Placement.fractions`), which do not change with resolution.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ class Placement:
         tissue_size: tuple[int, int],
         cell_mpp: float | tuple[float, float],
         tissue_mpp: float | tuple[float, float],
-    ) -> "Placement":
+    ) -> Placement:
         """Window from its centre (fractions of the tissue image) and the two resolutions.
 
         The window spans ``cell_size * cell_mpp / tissue_mpp`` tissue pixels per side.
@@ -82,7 +83,7 @@ class Placement:
     @classmethod
     def from_ocelot_metadata(
         cls, entry: Mapping, cell_size: tuple[int, int], tissue_size: tuple[int, int]
-    ) -> "Placement":
+    ) -> Placement:
         """Placement from one OCELOT metadata entry.
 
         ``patch_x_offset``/``patch_y_offset`` are the window centre as a fraction of the
@@ -139,7 +140,7 @@ class Placement:
         )
 
     # ------------------------------------------------------------------ transforms
-    def resized(self, cell_size: tuple[int, int], tissue_size: tuple[int, int]) -> "Placement":
+    def resized(self, cell_size: tuple[int, int], tissue_size: tuple[int, int]) -> Placement:
         """The same physical geometry for images resized to new pixel sizes."""
         sx = tissue_size[0] / self.tissue_size[0]
         sy = tissue_size[1] / self.tissue_size[1]
@@ -148,11 +149,11 @@ class Placement:
             tuple(cell_size), tuple(tissue_size),
         )
 
-    def flipped_lr(self) -> "Placement":
+    def flipped_lr(self) -> Placement:
         """The placement after flipping both images left-right."""
         return replace(self, x0=self.tissue_size[0] - self.x0 - self.width)
 
-    def rot90(self, k: int = 1) -> "Placement":
+    def rot90(self, k: int = 1) -> Placement:
         """The placement after ``np.rot90(image, k)`` of both images (counter-clockwise)."""
         p = self
         for _ in range(k % 4):
@@ -194,7 +195,7 @@ class Placement:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Placement":
+    def from_dict(cls, d: Mapping) -> Placement:
         return cls(
             float(d["x0"]), float(d["y0"]), float(d["width"]), float(d["height"]),
             tuple(int(v) for v in d["cell_size"]), tuple(int(v) for v in d["tissue_size"]),

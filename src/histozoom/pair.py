@@ -7,8 +7,9 @@ sets (:class:`ClassSet`); nothing downstream assumes two classes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,12 +39,12 @@ class ClassSet:
             raise ValueError("ClassSet: the ignore value is also a class id")
 
     @classmethod
-    def from_names(cls, names: Sequence[str], ignore: int | None = None) -> "ClassSet":
+    def from_names(cls, names: Sequence[str], ignore: int | None = None) -> ClassSet:
         """Classes numbered 1, 2, ... in the given order."""
         return cls(tuple(names), tuple(range(1, len(names) + 1)), ignore)
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[int | str, str], ignore: int | None = None) -> "ClassSet":
+    def from_mapping(cls, mapping: Mapping[int | str, str], ignore: int | None = None) -> ClassSet:
         """Classes from ``{id: name}`` (ids may be JSON strings)."""
         items = sorted((int(k), str(v)) for k, v in mapping.items())
         return cls(tuple(n for _, n in items), tuple(i for i, _ in items), ignore)
@@ -70,7 +71,7 @@ class ClassSet:
         return {"names": list(self.names), "ids": list(self.ids), "ignore": self.ignore}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "ClassSet":
+    def from_dict(cls, d: Mapping) -> ClassSet:
         return cls(tuple(d["names"]), tuple(int(i) for i in d["ids"]), d.get("ignore"))
 
 
@@ -102,11 +103,11 @@ class Points:
         object.__setattr__(self, "prob", prob)
 
     @classmethod
-    def empty(cls) -> "Points":
+    def empty(cls) -> Points:
         return cls(np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0))
 
     @classmethod
-    def from_array(cls, rows: np.ndarray, prob: np.ndarray | None = None) -> "Points":
+    def from_array(cls, rows: np.ndarray, prob: np.ndarray | None = None) -> Points:
         """From ``(N, 3)`` rows ``x, y, class`` (probability 1 unless given)."""
         rows = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
         p = np.ones(len(rows)) if prob is None else prob
@@ -115,10 +116,10 @@ class Points:
     def __len__(self) -> int:
         return len(self.cls)
 
-    def subset(self, keep: np.ndarray) -> "Points":
+    def subset(self, keep: np.ndarray) -> Points:
         return Points(self.xy[keep], self.cls[keep], self.prob[keep])
 
-    def with_xy(self, xy: np.ndarray) -> "Points":
+    def with_xy(self, xy: np.ndarray) -> Points:
         return Points(xy, self.cls, self.prob)
 
     def inside(self, size: tuple[int, int]) -> np.ndarray:
@@ -157,5 +158,5 @@ class Pair:
     def tissue_size(self) -> tuple[int, int]:
         return (self.tissue_image.shape[1], self.tissue_image.shape[0])
 
-    def replace(self, **changes) -> "Pair":
+    def replace(self, **changes) -> Pair:
         return replace(self, **changes)

@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 import sys
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except InputError as e:
+    except (InputError, ConfigError) as e:
         print(f"histozoom {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -37,26 +37,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.splitlines()[0],
     )
     p.add_argument("--pred", action="append", required=True, metavar="P",
-                   help="predictions: challenge JSON or a folder of per-image CSVs (x,y,class[,prob]); repeat to compare methods")
-    p.add_argument("--name", action="append", metavar="NAME", help="display name for each --pred, in order (default: file name)")
-    p.add_argument("--gt", required=True, metavar="GT", help="ground truth: challenge JSON, a CSV folder, or a dataset folder")
-    p.add_argument("--split", help="split of a dataset --gt (default: its only split, else 'test'); image_K = K-th sample in sorted id order")
-    p.add_argument("--metadata", metavar="M", help="metadata JSON (list indexed by image, or a release metadata.json): organs, placements")
-    p.add_argument("--tissue-masks", metavar="DIR", help="ground-truth tissue masks (tissue frame) for the subgroup analysis; needs --metadata unless --gt is a dataset")
-    p.add_argument("--tissue-pred", action="append", metavar="DIR", help="predicted tissue masks to score (IoU, Dice); one per --pred")
-    p.add_argument("--subgroups", action="store_true", help="tissue-region subgroups from a dataset --gt's tissue annotations (loads all pairs)")
+                   help="predictions: challenge JSON or a folder of per-image CSVs (x,y,class[,prob]); "
+                        "repeat to compare methods")
+    p.add_argument("--name", action="append", metavar="NAME",
+                   help="display name for each --pred, in order (default: file name)")
+    p.add_argument("--gt", required=True, metavar="GT",
+                   help="ground truth: challenge JSON, a CSV folder, or a dataset folder")
+    p.add_argument("--split",
+                   help="split of a dataset --gt (default: its only split, else 'test'); "
+                        "image_K = K-th sample in sorted id order")
+    p.add_argument("--metadata", metavar="M",
+                   help="metadata JSON (list indexed by image, or a release metadata.json): organs, placements")
+    p.add_argument("--tissue-masks", metavar="DIR",
+                   help="ground-truth tissue masks (tissue frame) for the subgroup analysis; "
+                        "needs --metadata unless --gt is a dataset")
+    p.add_argument("--tissue-pred", action="append", metavar="DIR",
+                   help="predicted tissue masks to score (IoU, Dice); one per --pred")
+    p.add_argument("--subgroups", action="store_true",
+                   help="tissue-region subgroups from a dataset --gt's tissue annotations (loads all pairs)")
     p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
-                   help="bootstrap resamples of images for 95%% CIs, rank and pairwise-win probabilities (default %(default)s as in the report; 0 = off)")
+                   help="bootstrap resamples of images for 95%% CIs, rank and pairwise-win probabilities "
+                        "(default %(default)s as in the report; 0 = off)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed (default %(default)s)")
     p.add_argument("--radius-um", type=float, default=CHALLENGE_RADIUS_UM, help="hit radius in µm (default %(default)s)")
     p.add_argument("--mpp", type=float, default=None,
                    help=f"µm per pixel of the cell images (default: a dataset's own, else {CHALLENGE_MPP})")
     p.add_argument("--matching", choices=MATCH_MODES, default="challenge",
-                   help="challenge = the official greedy rule (default); hungarian = optimal matching, NOT the challenge's metric")
-    p.add_argument("--image-size", type=_size, metavar="N|WxH", help="cell image size for coordinate checks (default 1024, or the dataset's)")
-    p.add_argument("--strict", action="store_true", help="reject exactly what the official checker rejects (exact JSON types, 1024 px, classes 1/2)")
+                   help="challenge = the official greedy rule (default); "
+                        "hungarian = optimal matching, NOT the challenge's metric")
+    p.add_argument("--image-size", type=_size, metavar="N|WxH",
+                   help="cell image size for coordinate checks (default 1024, or the dataset's)")
+    p.add_argument("--strict", action="store_true",
+                   help="reject exactly what the official checker rejects (exact JSON types, 1024 px, classes 1/2)")
     p.add_argument("--out", metavar="DIR", help="write evaluation.json (and plots with --plots) here")
-    p.add_argument("--plots", action="store_true", help="with --out: PNG violin plot of per-image F1, rank-probability and pairwise heat maps")
+    p.add_argument("--plots", action="store_true",
+                   help="with --out: PNG violin plot of per-image F1, rank-probability and pairwise heat maps")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of tables")
     p.set_defaults(func=run)
 

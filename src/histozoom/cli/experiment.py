@@ -7,7 +7,8 @@ Examples::
     # a quick look: two models, fixed hyper-parameters, 3 seeds
     histozoom experiment --data DATA --out EXP --models cell-only pred-to-inter-2 --no-tune --lr 1e-3 --seeds 3 --epochs 20
     # Table 7 (dataset ablation)
-    histozoom experiment --data OCELOT --out EXP7 --models cell-only pred-to-inter-2 pred-to-inter-2-no-large-fov pred-to-inter-2-no-tissue-labels
+    histozoom experiment --data OCELOT --out EXP7 \\
+        --models cell-only pred-to-inter-2 pred-to-inter-2-no-large-fov pred-to-inter-2-no-tissue-labels
     # the feature-sharing search only, successive halving over 27 of the 64 configurations
     histozoom experiment --data OCELOT --out EXPS --stage search --search halving --search-budget 27
     histozoom experiment ... --dry-run --json      # list the runs that would be trained
@@ -22,8 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import print_json
-from .train import _kv
+from ._common import key_value, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cell-dropout", type=float, help="with --no-tune (default: the model's, 0.1)")
     p.add_argument("--tissue-dropout", type=float)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--model-arg", type=_kv, action="append", metavar="KEY=VALUE", help="model config override for every run")
+    p.add_argument("--model-arg", type=key_value, action="append", metavar="KEY=VALUE",
+                   help="model config override for every run")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--no-progress", action="store_true")

@@ -40,7 +40,7 @@ def _match_iou(text: str) -> float:
 
 
 def _register_evaluate(nsub: argparse._SubParsersAction) -> None:
-    from ..nuclei_evaluation import MISSING_MODES
+    from ..evaluation.nuclei import MISSING_MODES
 
     p = nsub.add_parser(
         "evaluate",
@@ -67,7 +67,7 @@ def _register_evaluate(nsub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from ..nuclei_evaluation import evaluate_nuclei
+    from ..evaluation.nuclei import evaluate_nuclei
 
     ev = evaluate_nuclei(args.pred, args.gt, classes=args.classes, match_iou=args.match_iou, missing=args.missing)
     if args.out:
@@ -109,7 +109,7 @@ _TRAIN_FIELDS = ("data", "model", "epochs", "stop_after", "crop", "batch_size", 
 
 def _register_train(nsub: argparse._SubParsersAction) -> None:
     from ..models.registry import describe_size_multiples, list_models
-    from .train import _kv
+    from ._common import key_value
 
     p = nsub.add_parser("train", help="train CHR-Net or a baseline (resumable; best epoch by validation aPQ)")
     p.add_argument("--data", metavar="DIR", help="nuclei dataset with train/val/test splits (e.g. from nuclei synth)")
@@ -128,9 +128,10 @@ def _register_train(nsub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--freeze-encoder-epochs", type=int, metavar="E", help="keep the encoder frozen for E epochs")
     p.add_argument("--bn-recalibration", type=int, metavar="B", help="re-estimate BatchNorm statistics before validation")
-    p.add_argument("--model-arg", type=_kv, action="append", metavar="KEY=VALUE",
+    p.add_argument("--model-arg", type=key_value, action="append", metavar="KEY=VALUE",
                    help="model config override, e.g. encoder_name=resnet18")
-    p.add_argument("--loss-weight", type=_kv, action="append", metavar="TERM=W", help="loss weight: bc, dist, mc1, mc2, mcf")
+    p.add_argument("--loss-weight", type=key_value, action="append", metavar="TERM=W",
+                   help="loss weight: bc, dist, mc1, mc2, mcf")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--num-workers", type=int)
@@ -205,7 +206,8 @@ def _images(path: str, split: str | None):
     from pathlib import Path
 
     from ..data.io import read_rgb
-    from ..data.nuclei.readers import IMAGE_EXTS, open_nuclei
+    from ..data.nuclei.dataset import open_nuclei
+    from ..data.nuclei.records import IMAGE_EXTS
     from ..errors import InputError
 
     p = Path(path)

@@ -16,22 +16,10 @@ epoch; give ``RUN`` or ``RUN/best.ckpt`` to ``histozoom predict --checkpoint``),
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..models.registry import describe_size_multiples, list_models
-from ._common import print_json
-
-
-def _kv(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    k, v = text.split("=", 1)
-    try:
-        value = json.loads(v)
-    except json.JSONDecodeError:
-        value = v
-    return k.strip(), value
+from ._common import key_value, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tissue-loss", action="store_const", const=True, help="Table 7: large FoV without tissue labels")
     p.add_argument("--no-large-fov", action="store_const", const=True, help="Table 7: tissue labels without large FoV")
     p.add_argument("--no-augment", action="store_const", const=True, help="switch augmentation off")
-    p.add_argument("--model-arg", type=_kv, action="append", metavar="KEY=VALUE",
+    p.add_argument("--model-arg", type=key_value, action="append", metavar="KEY=VALUE",
                    help="model config override, e.g. encoder_name=resnet18 or sharing='[\"both\",\"none\",\"t2c\"]'")
     p.add_argument("--bn-recalibration", type=int, metavar="B",
                    help="re-estimate BatchNorm statistics from B training batches before each validation (default 0 = off)")
@@ -123,8 +111,8 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
+    from ..training.cell_tissue_trainer import train
     from ..training.distributed import cleanup, init_from_env
-    from ..training.trainer import train
 
     cfg = config_from_args(args)
     if not cfg.data:

@@ -77,7 +77,10 @@ def rot90_pair(pair: Pair, k: int) -> Pair:
     pts = pair.cell_points
     if pts is not None:
         pts = pts.with_xy(rot90_points(pts.xy, pair.cell_size, k))
-    rot = lambda a: None if a is None else np.ascontiguousarray(np.rot90(a, k))
+
+    def rot(a):
+        return None if a is None else np.ascontiguousarray(np.rot90(a, k))
+
     return pair.replace(
         cell_image=rot(pair.cell_image),
         tissue_image=rot(pair.tissue_image),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..pair import ClassSet, Pair, Points
 
@@ -76,3 +77,16 @@ class PairSplit(Sequence[Pair], ABC):
     def __iter__(self) -> Iterator[Pair]:
         for i in self.ids:
             yield self.load(i)
+
+
+class PairSource(Protocol):
+    """A dataset on disk with named splits of :class:`~histozoom.pair.Pair` records
+    (what :func:`histozoom.data.open.open_dataset` returns). Not to be confused with
+    :class:`histozoom.data.samples.PairDataset`, the torch dataset of training tensors."""
+
+    spec: DatasetSpec
+
+    @property
+    def splits(self) -> list[str]: ...
+
+    def split(self, name: str) -> PairSplit: ...

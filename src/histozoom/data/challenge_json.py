@@ -154,7 +154,8 @@ def _parse_entry(
         raise bad(f"coordinates must be integers, got x={pt[0]!r}, y={pt[1]!r}")
     size = image_size_of(image_size, k)
     if size is not None and not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
-        raise bad(f"point ({x}, {y}) lies outside the {size[0]}x{size[1]} image (0 <= x <= {size[0] - 1}, 0 <= y <= {size[1] - 1})")
+        raise bad(f"point ({x}, {y}) lies outside the {size[0]}x{size[1]} image "
+                  f"(0 <= x <= {size[0] - 1}, 0 <= y <= {size[1] - 1})")
     if c is None:
         raise bad(f"class must be an integer, got {pt[2]!r}")
     if class_ids is not None and c not in class_ids:

@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from ..atomic import atomic_path, atomic_open
+from ..atomic import atomic_open, atomic_path
 from ..errors import InputError
 from ..pair import ClassSet, Points
 

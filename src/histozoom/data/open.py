@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from ..errors import InputError
-from .base import DatasetSpec, PairSplit
+from .base import PairSource, PairSplit
 from .gc_container import GrandChallengeContainer, is_container_dir
 from .ocelot_release import OcelotRelease, is_release_dir
 from .own_layout import OwnDataset, find_descriptor
-
-
-class PairDataset(Protocol):
-    spec: DatasetSpec
-
-    @property
-    def splits(self) -> list[str]: ...
-
-    def split(self, name: str) -> PairSplit: ...
 
 
 class _ContainerDataset:
@@ -62,7 +53,7 @@ def is_dataset(path: str | Path) -> bool:
     return detect_format(path) is not None
 
 
-def open_dataset(path: str | Path) -> PairDataset:
+def open_dataset(path: str | Path) -> PairSource:
     """The dataset at ``path``: OCELOT release layout, Grand-Challenge container, or own layout."""
     path = Path(path)
     if not path.exists():
@@ -81,7 +72,7 @@ def open_dataset(path: str | Path) -> PairDataset:
     )
 
 
-def pick_split(dataset: PairDataset, name: str | None = None, path: str | Path | None = None) -> str:
+def pick_split(dataset: PairSource, name: str | None = None, path: str | Path | None = None) -> str:
     """The split of ``dataset`` to use: ``name`` when given (it must exist), else the
     dataset's only split, else ``"test"``; otherwise an error asks for one.
 

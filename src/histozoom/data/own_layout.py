@@ -169,7 +169,9 @@ class OwnSplit(PairSplit):
         centre = (self._float(row, "centre_x"), self._float(row, "centre_y"))
         placement = Placement.from_centre(centre, cell_size, tissue_size, cell_mpp, tissue_mpp)
         if not placement.inside_tissue(tol=1.0):
-            raise InputError(self.dataset.index_path, f"pair {sample_id}: cell window {placement.window_int()} lies outside the tissue image", row=row.line)
+            raise InputError(self.dataset.index_path,
+                             f"pair {sample_id}: cell window {placement.window_int()} lies outside the tissue image",
+                             row=row.line)
         points = read_points_csv(root / f["cell_points"], spec.cell_classes, cell_size) if f.get("cell_points") else None
         mask = None
         if f.get("tissue_mask"):

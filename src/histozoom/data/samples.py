@@ -13,15 +13,15 @@ A sample is a dict of tensors (batched by the default collate):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..pair import Pair, UNKNOWN
+from ..pair import UNKNOWN, Pair
 from .base import PairSplit
 from .targets import (
     DISK_RADIUS_UM,

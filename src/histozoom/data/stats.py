@@ -16,8 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..pair import Pair
-from .base import DatasetSpec
-from .open import PairDataset
+from .base import DatasetSpec, PairSource
 
 OUTSIDE = "outside"
 UNKNOWN_NAME = "unknown"
@@ -113,7 +112,7 @@ def accumulate_pair(stats: DatasetStats, pair: Pair, split: str) -> None:
             _add(stats.cells_on_tissue, cell_names[c], t, 1)
 
 
-def dataset_stats(dataset: PairDataset, splits: list[str] | None = None, progress: bool = True) -> DatasetStats:
+def dataset_stats(dataset: PairSource, splits: list[str] | None = None, progress: bool = True) -> DatasetStats:
     """Compute all tables over ``splits`` (default: every split of the dataset)."""
     stats = DatasetStats(dataset.spec)
     for split_name in splits or dataset.splits:

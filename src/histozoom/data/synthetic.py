@@ -76,6 +76,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -226,7 +227,7 @@ class SynthConfig(DictConfig):
         """The nucleus appearance per class (the preset's unless given)."""
         return self.morphology  # type: ignore[return-value]  # set by __post_init__
 
-    def replace(self, **changes: Any) -> "SynthConfig":
+    def replace(self, **changes: Any) -> SynthConfig:
         """A copy with ``changes``; a new ``preset`` without a new ``morphology`` brings the
         new preset's morphology unless this config's was set explicitly (not the preset's)."""
         if "preset" in changes and "morphology" not in changes and self.morphology == _preset_morphology(self.preset):

@@ -17,7 +17,8 @@ This is the API behind ``histozoom evaluate``, in three steps:
   renders text tables, a JSON document and PNG plots.
 
 :mod:`.oracles` scores synthetic data's oracles and writes a synthetic dataset's
-``synthetic.json``.
+``synthetic.json``. :mod:`.nuclei` is the nuclei side (``histozoom nuclei evaluate``):
+Dice, AJI, PQ and aPQ of instance maps, read through the same ``.mat`` reader as training.
 
 Images: the evaluated images are ``range(num_images)`` of the ground truth plus every
 image that has ground-truth points. Predictions for an image outside that set are

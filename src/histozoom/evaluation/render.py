@@ -54,7 +54,9 @@ def report_document(report: EvaluationReport, per_image: bool = True) -> dict:
         "radius_px": report.radius,
         "classes": report.classes.to_dict(),
         "num_images": len(report.images),
-        "bootstrap": {"resamples": report.n_resamples, "seed": report.seed, "level": report.level} if report.n_resamples else None,
+        "bootstrap": (
+            {"resamples": report.n_resamples, "seed": report.seed, "level": report.level} if report.n_resamples else None
+        ),
         "methods": {},
         "warnings": list(report.warnings),
     }
@@ -121,7 +123,8 @@ def report_tables(report: EvaluationReport) -> str:
     if report.mode == "challenge":
         keys = [f"{k}/{c}" for c in cl for k in ("Pre", "Rec", "F1")] + ["mF1"]
         rows = [[m.name] + [f"{m.scores().challenge[k]:.4f}" for k in keys] for m in report.methods]
-        out.append(format_table(rows, ["method"] + keys, title="As the challenge reports it (official formula, rounded to 4 decimals)"))
+        out.append(format_table(rows, ["method"] + keys,
+                                title="As the challenge reports it (official formula, rounded to 4 decimals)"))
     organ_rows = []
     for m in report.methods:
         for organ, c in m.organs.items():
@@ -138,7 +141,8 @@ def report_tables(report: EvaluationReport) -> str:
             continue
         for r in m.subgroups.scores():
             cis = m.ci["subgroups"].get(r["subgroup"]) if ci and m.ci and "subgroups" in m.ci else None
-            sub_rows.append([m.name, r["subgroup"]] + [_with_ci(r[k], cis[k] if cis else None) for k in ("precision", "recall", "f1")]
+            sub_rows.append([m.name, r["subgroup"]]
+                            + [_with_ci(r[k], cis[k] if cis else None) for k in ("precision", "recall", "f1")]
                             + [r["n_gt"], r["n_pred"]])
     if sub_rows:
         out.append(format_table(sub_rows, ["method", "subgroup", "precision", "recall", "F1", "GT", "pred"],

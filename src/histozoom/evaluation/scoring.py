@@ -262,7 +262,8 @@ def evaluate(
     organ_labels = [gt.organs.get(k) for k in images]
     do_sub = bool(gt.tissue_masks) if subgroups is None else bool(subgroups)
     if do_sub and not gt.tissue_masks:
-        raise InputError(None, "subgroup analysis needs tissue masks (a dataset with tissue annotations, or tissue_masks= with metadata)")
+        raise InputError(None, "subgroup analysis needs tissue masks "
+                               "(a dataset with tissue annotations, or tissue_masks= with metadata)")
     for name, ps in loaded:
         say(f"matching {name}")
         counts = count_detections(gt.points, ps.points, images, r, classes, mode, image_names)  # type: ignore[arg-type]
@@ -350,7 +351,9 @@ def compare_methods(methods: Sequence[MethodResult], classes: ClassSet) -> dict:
     """
     metrics = ["mF1"] + [f"F1/{c}" for c in classes.names]
     names = [m.name for m in methods]
-    out: dict[str, Any] = {"methods": names, "metrics": metrics, "observed_rank": {}, "rank_probabilities": {}, "pairwise_win": {}}
+    out: dict[str, Any] = {
+        "methods": names, "metrics": metrics, "observed_rank": {}, "rank_probabilities": {}, "pairwise_win": {},
+    }
     for metric in metrics:
         samples = np.stack([m.samples[metric] for m in methods], axis=1)
         observed = np.array([m.scores().mf1 if metric == "mF1" else

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_open, write_text
-from ..data.nuclei.readers import NucleiSample, write_consep_mat
+from ..data.nuclei.consep import write_consep_mat
+from ..data.nuclei.records import NucleiSample
 from ..data.samples import image_tensor
 from ..errors import InputError
 from ..models.checkpoint import from_pretrained, load_config, resolve_checkpoint

@@ -62,8 +62,6 @@ from ..pair import (
 from .decode import PeakConfig, decode_cells_torch
 from .tta import MapMean, as_transforms
 
-"""The checkpoint directory a training run leaves in its folder (``save_pretrained`` layout)."""
-
 
 # ---------------------------------------------------------------------- pair transforms
 def dihedral_pair(pair: Pair, flip: bool, k: int) -> Pair:

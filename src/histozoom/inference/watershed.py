@@ -9,20 +9,22 @@ the shallow maxima that noise in a predicted map creates), and the watershed of
 the distance map (``marker_mode="threshold"``) is kept as an option.
 
 Each instance's class is the majority vote of the per-pixel class map over its pixels
-(:func:`histozoom.metrics.instances.instance_classes`: background 0 loses to any class,
+(:func:`histozoom.data.nuclei.records.instance_classes`: background 0 loses to any class,
 ties go to the smaller class id); its probability is the vote share of that class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 
+from ..data.nuclei.records import instance_classes
 from ..errors import InputError
-from ..metrics.instances import instance_classes, relabel_instances
+from ..metrics.instances import relabel_instances
 from ..pair import ClassSet
 
 __all__ = ["WatershedConfig", "instances_from_maps", "classify_instances", "nucleus_table"]

@@ -56,8 +56,9 @@ challenge's metric; it is an upper bound on TP for the same radius.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -65,8 +66,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from .counts import PerImageCounts
 from ..pair import OCELOT_CELL_CLASSES, ClassSet, Points
+from .counts import PerImageCounts
 
 MatchMode = Literal["challenge", "hungarian"]
 MATCH_MODES: tuple[str, ...] = ("challenge", "hungarian")
@@ -286,7 +287,7 @@ class DetectionScores:
     challenge: dict[str, float]
 
     @classmethod
-    def from_totals(cls, totals: np.ndarray, classes: ClassSet) -> "DetectionScores":
+    def from_totals(cls, totals: np.ndarray, classes: ClassSet) -> DetectionScores:
         totals = np.asarray(totals, dtype=np.int64)
         s = scores_from_counts(totals)
         return cls(classes, totals, s["precision"], s["recall"], s["f1"], float(s["mf1"]), challenge_scores(totals, classes))
@@ -318,19 +319,19 @@ class DetectionCounts(PerImageCounts):
     def per_image_f1(self) -> np.ndarray:
         return per_image_f1(self.counts)
 
-    def subset(self, rows: np.ndarray | Sequence[int]) -> "DetectionCounts":
+    def subset(self, rows: np.ndarray | Sequence[int]) -> DetectionCounts:
         rows = np.asarray(rows)
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
         return DetectionCounts(self.counts[rows], self.classes, [self.images[i] for i in rows],
                                [self.names[i] for i in rows], self.mode, self.radius)
 
-    def grouped(self, labels: Sequence[str | None]) -> dict[str, "DetectionCounts"]:
+    def grouped(self, labels: Sequence[str | None]) -> dict[str, DetectionCounts]:
         """Split rows by a label per image (e.g. organ); ``None`` labels are left out."""
         out: dict[str, DetectionCounts] = {}
         labels = list(labels)
-        for lab in sorted({l for l in labels if l is not None}):
-            out[lab] = self.subset(np.array([l == lab for l in labels], dtype=bool))
+        for lab in sorted({label for label in labels if label is not None}):
+            out[lab] = self.subset(np.array([label == lab for label in labels], dtype=bool))
         return out
 
 

@@ -30,7 +30,8 @@ Definitions (G = ground-truth instances, P = predicted instances)
 
 Classes are per *instance*. They come either as a dict ``id -> class`` or as a type map
 ``(H, W)``; a type map is reduced to one class per instance by majority vote over the
-instance's pixels (non-zero types win over 0; ties go to the smaller class id).
+instance's pixels (non-zero types win over 0; ties go to the smaller class id), the rule
+of :func:`histozoom.data.nuclei.records.instance_classes`, which gives that ``{id: class}``.
 Instances whose class is not in ``classes`` take part in the class-agnostic metrics only.
 
 Conventions for empty cases (one rule throughout: ``0/0`` is undefined → ``NaN``)
@@ -66,15 +67,18 @@ step runs per connected block of overlapping instances, which are small.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from histozoom.data.nuclei.records import majority_types
 from histozoom.errors import InputError
+from histozoom.jsonio import nan_to_none
 
 __all__ = [
     "Overlaps",
@@ -84,7 +88,6 @@ __all__ = [
     "overlaps",
     "match_instances",
     "relabel_instances",
-    "instance_classes",
     "score_instances",
     "aggregate",
 ]
@@ -369,16 +372,7 @@ def _classes_from_map(
         raise InputError(None, f"{name}: type map must have an integer dtype, got {t_all.dtype}")
     if n == 0:
         return np.zeros(0, np.int64)
-    t = t_all.ravel()[pos].astype(np.int64)
-    tv, ti = np.unique(t, return_inverse=True)
-    key = dense.astype(np.int64) * tv.size + ti.ravel()
-    uk, cnt = np.unique(key, return_counts=True)
-    d, cls = uk // tv.size, tv[uk % tv.size]
-    o = np.lexsort((cls, -cnt, cls == 0, d))
-    o = o[_first_per_group(d[o])]
-    out = np.zeros(n, np.int64)
-    out[d[o]] = cls[o]
-    return out
+    return majority_types(dense, t_all.ravel()[pos].astype(np.int64), n)
 
 
 def _classes_from_dict(mapping: Mapping[int, int], ids: np.ndarray, name: str) -> np.ndarray:
@@ -395,14 +389,6 @@ def _instance_classes(cls_input, ids, shape, pos, dense, name) -> np.ndarray:
     return _classes_from_map(cls_input, shape, pos, dense, ids.size, name)
 
 
-def instance_classes(inst: np.ndarray, type_map: np.ndarray) -> dict[int, int]:
-    """``{id: class}`` by majority vote of ``type_map`` over each instance (non-zero wins; ties → smaller class)."""
-    a = _as_instance_map(inst, "inst")
-    ids, _, pos, dense = _instances_raster(a.ravel())
-    cls = _classes_from_map(type_map, a.shape, pos, dense, ids.size, "type_map")
-    return {int(i): int(c) for i, c in zip(ids, cls)}
-
-
 # ---------------------------------------------------------------------- scores
 
 
@@ -415,7 +401,7 @@ class PQCounts:
     fn: int = 0
     iou_sum: float = 0.0
 
-    def __add__(self, other: "PQCounts") -> "PQCounts":
+    def __add__(self, other: PQCounts) -> PQCounts:
         return PQCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.iou_sum + other.iou_sum)
 
     @property
@@ -442,10 +428,6 @@ class PQCounts:
 
     def to_dict(self) -> dict:
         return {"tp": self.tp, "fp": self.fp, "fn": self.fn, "iou_sum": self.iou_sum}
-
-
-def _json_float(v: float) -> float | None:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
 @dataclass(frozen=True)
@@ -483,14 +465,14 @@ class InstanceScores:
         return {
             "mode": self.mode,
             "n_images": self.n_images,
-            "dice": _json_float(self.dice),
-            "aji": _json_float(self.aji),
-            "aji_plus": _json_float(self.aji_plus),
-            "dq": _json_float(self.dq),
-            "sq": _json_float(self.sq),
-            "pq": _json_float(self.pq),
-            "apq": _json_float(self.apq),
-            "pq_per_class": {str(c): _json_float(v) for c, v in self.pq_per_class.items()},
+            "dice": nan_to_none(self.dice),
+            "aji": nan_to_none(self.aji),
+            "aji_plus": nan_to_none(self.aji_plus),
+            "dq": nan_to_none(self.dq),
+            "sq": nan_to_none(self.sq),
+            "pq": nan_to_none(self.pq),
+            "apq": nan_to_none(self.apq),
+            "pq_per_class": {str(c): nan_to_none(v) for c, v in self.pq_per_class.items()},
             "sums": {
                 "fg_inter": self.fg_inter,
                 "fg_total": self.fg_total,

@@ -80,7 +80,9 @@ class SegmentationCounts(PerImageCounts):
                    "ground_truth": int(self.totals[c, GT])}
             for c, name in enumerate(self.classes.names)
         }
-        return {"mIoU": nan_to_none(s["miou"]), "mDice": nan_to_none(s["mdice"]), "classes": per_class, "n_images": len(self.images)}
+        return {
+            "mIoU": nan_to_none(s["miou"]), "mDice": nan_to_none(s["mdice"]), "classes": per_class, "n_images": len(self.images),
+        }
 
 
 def count_segmentation(

@@ -11,8 +11,8 @@ BC on CA (the rare ones).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -87,7 +87,10 @@ class SubgroupCounts:
         """Ground-truth cells per tissue region and cell class (report Fig. 7)."""
         gt = self.counts[..., NGT].sum(axis=0)  # (T, C)
         off = self.off_tissue[..., 0].sum(axis=0)
-        d = {t: {c: int(gt[i, j]) for j, c in enumerate(self.cell_classes.names)} for i, t in enumerate(self.tissue_classes.names)}
+        d = {
+            t: {c: int(gt[i, j]) for j, c in enumerate(self.cell_classes.names)}
+            for i, t in enumerate(self.tissue_classes.names)
+        }
         d["unknown"] = {c: int(off[j]) for j, c in enumerate(self.cell_classes.names)}
         return d
 

@@ -120,13 +120,13 @@ ENCODER_OUTPUT_STRIDE = 32
 
 CCRCC_TASK_GROUPS: tuple[tuple[tuple[int, ...], ...], ...] = (((1, 2), (3,), (4,)), ((1,), (2, 3), (4,)))
 """The ccRCC cross-category tasks: task 1 merges G1+G2, task 2 merges G2+G3
-(as :data:`histozoom.data.nuclei.readers.CCRCC`'s merges)."""
+(as :data:`histozoom.data.nuclei.records.CCRCC`'s merges)."""
 
 TaskGroups = tuple[tuple[tuple[int, ...], ...], ...]
 
 
 def task_groups_from_scheme(scheme: Any, merges: Sequence[str] | None = None) -> TaskGroups:
-    """``task_groups`` from a :class:`~histozoom.data.nuclei.readers.NucleiClassScheme`:
+    """``task_groups`` from a :class:`~histozoom.data.nuclei.records.NucleiClassScheme`:
     the groups of its merges named ``merges`` (default: all of them, in order)."""
     chosen = scheme.merges if merges is None else tuple(scheme.merge(m) for m in merges)
     return tuple(tuple(tuple(g) for g in m.groups) for m in chosen)
@@ -263,7 +263,7 @@ class ChrNetConfig(DictConfig):
     @classmethod
     def from_scheme(cls, scheme: Any, merges: Sequence[str] | None = None, **fields: Any) -> ChrNetConfig:
         """A config whose ``n_classes`` and ``task_groups`` come from a
-        :class:`~histozoom.data.nuclei.readers.NucleiClassScheme` (ids must be 1..n)."""
+        :class:`~histozoom.data.nuclei.records.NucleiClassScheme` (ids must be 1..n)."""
         ids = sorted(int(i) for i in scheme.classes.ids)
         if ids != list(range(1, len(ids) + 1)):
             raise ValueError(f"scheme {scheme.name!r}: class ids must be 1..n, got {ids}")

@@ -11,8 +11,8 @@ Properties follow QuPath's GeoJSON: ``objectType: "detection"``, ``classificatio
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -9,16 +9,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from ..atomic import atomic_path  # noqa: E402
+from ..atomic import atomic_path
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def _cell(v: Any, digits: int) -> str:
@@ -18,7 +19,10 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], title: s
     lines = []
     if title:
         lines.append(title)
-    fmt = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def fmt(r: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     lines.append(fmt(text[0]))
     lines.append("  ".join("-" * w for w in widths))
     lines.extend(fmt(r) for r in text[1:])

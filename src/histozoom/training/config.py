@@ -33,7 +33,7 @@ from typing import Any
 
 from ..atomic import write_json
 from ..config_fields import DictConfig
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 TRAIN_CONFIG_FILE = "train_config.json"
 
@@ -109,7 +109,7 @@ class RunConfig(DictConfig):
         self.model_overrides = dict(self.model_overrides or {})
         problems = list(self.common_problems()) + list(self.problems())
         if problems:
-            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+            raise ConfigError(f"{type(self).__name__}: " + "; ".join(problems))
 
     def problems(self):
         """Checks of the subclass's own fields (messages)."""

@@ -15,8 +15,8 @@ others wait at a barrier. ``batch_size`` is per process.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist

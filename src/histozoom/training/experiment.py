@@ -52,9 +52,9 @@ from ..config_fields import DictConfig
 from ..errors import InputError
 from ..models.cell_tissue import SHARE_MODES, all_sharing_configs
 from ..reports.tables import format_table
+from .cell_tissue_trainer import train
 from .config import TRAIN_CONFIG_FILE, TrainConfig
 from .loop import read_done
-from .trainer import train
 
 PAPER_MODELS = ("cell-only", "pred-to-input", "pred-to-inter-1", "pred-to-inter-2", "pred-to-output",
                 "feature-sharing", "tissue-label-leaking")
@@ -206,7 +206,7 @@ class Experiment:
             summary = self.runner(spec.config, spec.run_dir, saved.is_file())
         except (KeyboardInterrupt, SystemExit):
             raise
-        except Exception as err:  # noqa: BLE001 - one failed run must not stop an unattended experiment
+        except Exception as err:
             spec.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(spec.run_dir / FAILED_FILE, {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
             self.log(f"run {spec.run_dir} failed: {type(err).__name__}: {err}")

@@ -1,6 +1,6 @@
 """The training loop every histozoom trainer shares: one run = one folder.
 
-A concrete trainer (:class:`~histozoom.training.trainer.Trainer` for the OCELOT family,
+A concrete trainer (:class:`~histozoom.training.cell_tissue_trainer.Trainer` for the OCELOT family,
 :class:`~histozoom.training.nuclei_trainer.NucleiTrainer` for CHR-Net) subclasses
 :class:`RunLoop` and supplies the task: the model, its parameter groups, the training
 set, the loss of one batch, validation and test. The loop supplies the rest:
@@ -36,11 +36,11 @@ import io
 import json
 import os
 import random
-import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,7 +105,8 @@ class SeededSamples(Dataset):
 
 
 def rng_state(augment: Any = None) -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # numpy's legacy global RNG is saved (and restored below) on purpose, so that a resumed run is exact
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}  # noqa: NPY002
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if augment is not None:
@@ -115,7 +116,8 @@ def rng_state(augment: Any = None) -> dict:
 
 def set_rng_state(state: dict, augment: Any = None) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    # restore numpy's legacy global RNG on purpose (see rng_state), for an exact resume
+    np.random.set_state(state["numpy"])  # noqa: NPY002
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -138,7 +140,7 @@ def write_log(path: Path, history: list[dict]) -> None:
 def _tensorboard(folder: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # noqa: BLE001 - tensorboard is optional
+    except Exception:
         return None
     return SummaryWriter(str(folder), purge_step=purge_step)
 

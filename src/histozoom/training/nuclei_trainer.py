@@ -18,6 +18,7 @@ frozen: ``freeze_encoder_epochs``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +27,15 @@ from typing import Any
 import torch
 
 from ..data.augment import AugmentConfig
-from ..data.nuclei.readers import NucleiDataset, open_nuclei
+from ..data.nuclei.dataset import NucleiDataset, open_nuclei
 from ..data.nuclei.samples import NucleiAugment, NucleiTrainSet
 from ..errors import InputError
+from ..evaluation.nuclei import evaluate_samples
 from ..inference.nuclei_predictor import NucleiPredictor
 from ..inference.watershed import WatershedConfig
 from ..models.checkpoint import from_pretrained
 from ..models.chrnet import ChrNetLoss, targets_for_config
 from ..models.registry import get_config, list_models, model_family
-from ..nuclei_evaluation import evaluate_samples
 from .config import RunConfig, model_size_multiple, size_problem
 from .distributed import SINGLE, DistInfo, unwrap
 from .loop import CHECKPOINT_NAME, RunLoop
@@ -47,7 +48,7 @@ TEST_PREDICTIONS_DIR = "test_predictions"
 class NucleiTrainConfig(RunConfig):
     """Everything that defines a nuclei training run (JSON-serialisable).
 
-    Data: ``data`` (a folder :func:`~histozoom.data.nuclei.readers.open_nuclei` reads
+    Data: ``data`` (a folder :func:`~histozoom.data.nuclei.dataset.open_nuclei` reads
     with splits, e.g. :func:`~histozoom.data.nuclei.synthetic.write_synthetic_nuclei`'s),
     ``train_split``/``val_split``/``test_split`` (``None``: none), ``crop`` (random
     training crops of ``crop``×``crop`` px, a multiple of the model's ``size_multiple``,
@@ -155,7 +156,7 @@ class NucleiTrainer(RunLoop):
 
     def extra(self, epoch: int, val: dict | None) -> dict:
         return {"classes": self.classes.to_dict(), "scheme": self.scheme.to_dict(),
-                "watershed": dict(self.cfg.watershed), "epoch": epoch, "val": val, "train_config": self.cfg.to_dict()}
+                "watershed": dataclasses.asdict(self.watershed), "epoch": epoch, "val": val, "train_config": self.cfg.to_dict()}
 
     # ------------------------------------------------------------------ the task
     def make_model(self) -> torch.nn.Module:

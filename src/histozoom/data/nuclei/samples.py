@@ -5,7 +5,7 @@ A sample is a dict of tensors, one tile (or a random crop of it):
 * ``"image"``    ``(3, H, W)`` float32 in [0, 1];
 * ``"binary"``   ``(H, W)`` float32, 1 on nuclei (:func:`~.targets.binary_map`);
 * ``"distance"`` ``(H, W)`` float32 in [0, 1], DIST per nucleus (:func:`~.targets.distance_map`);
-* ``"classes"``  ``(H, W)`` int64 class ids, 0 = background (:func:`~.targets.class_map`);
+* ``"classes"``  ``(H, W)`` int64 class ids, 0 = background (:func:`~.records.class_map`);
   absent for tiles without classes.
 
 Targets are computed once per tile (cached) on the whole tile, then cropped and
@@ -16,8 +16,8 @@ targets alike; colour jitter, blur and noise of the image (the paper: flip, rota
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 
 from ..augment import AugmentConfig, photometric
 from ..samples import image_tensor
-from .readers import NucleiSample
-from .targets import binary_map, class_map, distance_map
+from .records import NucleiSample, class_map
+from .targets import binary_map, distance_map
 
 __all__ = ["NucleiAugment", "NucleiTrainSet", "tile_targets", "crop_origin"]
 

@@ -2,7 +2,7 @@
 
 A tile is a 400x view (``size`` px at ``mpp`` µm/px, 0.25 µm/px by default) of clear-cell
 tumour: pale cytoplasm crossed by thin pink cell membranes, with nuclei of the four
-classes of :data:`~histozoom.data.nuclei.readers.CCRCC` (ids taken from the scheme):
+classes of :data:`~histozoom.data.nuclei.records.CCRCC` (ids taken from the scheme):
 
 * **G1** — small, round, dark nuclei; no nucleolus visible at 400x.
 * **G2** — slightly larger, paler nuclei with a *small* nucleolus (radius ~0.3 µm,
@@ -30,20 +30,21 @@ tile ``k`` with ``SeedSequence([seed, k])``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ...atomic import write_json
+from ...config_fields import DictConfig, check_fields
 from ...errors import InputError
 from ..synthetic import smooth_noise
-from .readers import CCRCC, NucleiClassScheme, NucleiSample, write_class_file, write_nuclei_sample
+from .folder import write_class_file, write_nuclei_sample
+from .records import CCRCC, NucleiClassScheme, NucleiSample
 
 __all__ = [
     "NucleusClassParams",
@@ -91,7 +92,7 @@ DEFAULT_CLASSES = (
 
 
 @dataclass(frozen=True)
-class NucleiSynthConfig:
+class NucleiSynthConfig(DictConfig):
     """Configuration of the generator (lengths in µm unless named ``_px``).
 
     ``n_nuclei``: range of nuclei per tile (at the default size and mpp: a 64 µm field).
@@ -99,6 +100,8 @@ class NucleiSynthConfig:
     unpaired tumour nucleus (centre distance 0.8-0.95 of the sum of their radii along
     the joining line). ``chromatin``: relative sd of the chromatin density texture,
     ``chromatin_um`` its correlation length. ``noise``: sensor noise (grey levels).
+    ``to_dict`` / ``from_dict`` / ``replace``: :class:`~histozoom.config_fields.DictConfig`
+    (``to_dict`` is what ``synthetic.json`` holds under ``"config"``).
     """
 
     size: int = 256
@@ -113,6 +116,11 @@ class NucleiSynthConfig:
     scheme: NucleiClassScheme = CCRCC
 
     def __post_init__(self):
+        # what to_dict writes (lists, dicts; as read back from JSON) becomes tuples and records again
+        object.__setattr__(self, "n_nuclei", tuple(self.n_nuclei))
+        object.__setattr__(self, "classes", tuple(_class_params(c) for c in self.classes))
+        if isinstance(self.scheme, Mapping):
+            object.__setattr__(self, "scheme", NucleiClassScheme.from_dict(self.scheme))
         names = [c.name for c in self.classes]
         missing = [n for n in names if n not in self.scheme.classes.names]
         if missing:
@@ -124,9 +132,19 @@ class NucleiSynthConfig:
         return self.scheme.classes.id(p.name)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        """:meth:`DictConfig.to_dict` with ``scheme`` in the class-file form
+        (:meth:`NucleiClassScheme.to_dict`); :meth:`from_dict` reads it back."""
+        d = super().to_dict()
         d["scheme"] = self.scheme.to_dict()
         return d
+
+
+def _class_params(c: NucleusClassParams | Mapping) -> NucleusClassParams:
+    """``c``, or the :class:`NucleusClassParams` of its dict form (ranges as lists in JSON)."""
+    if isinstance(c, NucleusClassParams):
+        return c
+    check_fields(NucleusClassParams, c)
+    return NucleusClassParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
 
 
 # ---------------------------------------------------------------------- geometry

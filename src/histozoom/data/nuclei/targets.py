@@ -9,29 +9,29 @@
   get their own peak, unlike a distance transform of the union of all nuclei.
   Computed per nucleus on its bounding box (``scipy.ndimage.find_objects``) padded by one
   pixel, which gives the same distances as a whole-image transform of that nucleus.
-* **Class map**: each nucleus's pixels carry its class id, background 0.
+* **Class map**: each nucleus's pixels carry its class id, background 0
+  (:func:`~histozoom.data.nuclei.records.class_map`).
 * **Cross-category maps**: the class map with groups of classes merged
-  (:class:`~histozoom.data.nuclei.readers.ClassMerge`), one per merge of the scheme; for
+  (:class:`~histozoom.data.nuclei.records.ClassMerge`), one per merge of the scheme; for
   ccRCC task 1 = (bg, G1∪G2, G3, endothelial) and task 2 = (bg, G1, G2∪G3, endothelial).
   :func:`merge_classes` takes any ``{class: merged class}`` mapping.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 from scipy import ndimage
 
 from ...errors import InputError
-from .readers import NucleiClassScheme, NucleiSample, _check_instance_map, _dense
+from .records import NucleiClassScheme, NucleiSample, check_instance_map, class_map, relabel_dense
 
 __all__ = [
     "NucleiTargets",
     "binary_map",
     "distance_map",
-    "class_map",
     "merge_classes",
     "cross_category_maps",
     "nuclei_targets",
@@ -48,9 +48,9 @@ def distance_map(inst: np.ndarray) -> np.ndarray:
 
     An id made of several pieces is one nucleus: its pieces share one normalisation.
     """
-    inst = _check_instance_map(inst, None)
+    inst = check_instance_map(inst, None)
     out = np.zeros(inst.shape, np.float32)
-    ids, dense = _dense(inst)
+    ids, dense = relabel_dense(inst)
     if ids.size == 0:
         return out
     for k, sl in enumerate(ndimage.find_objects(dense, max_label=ids.size), start=1):
@@ -61,18 +61,6 @@ def distance_map(inst: np.ndarray) -> np.ndarray:
         vals = d[mask]
         out[sl][mask] = (vals / vals.max()).astype(np.float32)
     return out
-
-
-def class_map(inst: np.ndarray, inst_class: Mapping[int, int]) -> np.ndarray:
-    """``(H, W)`` int32: every pixel of nucleus ``i`` carries ``inst_class[i]``; background 0."""
-    inst = _check_instance_map(inst, None)
-    ids, dense = _dense(inst)
-    lut = np.zeros(ids.size + 1, np.int32)
-    try:
-        lut[1:] = [int(inst_class[int(i)]) for i in ids]
-    except KeyError as e:
-        raise InputError(None, f"no class for instance id {e.args[0]}") from None
-    return lut[dense]
 
 
 def merge_classes(labels, mapping: Mapping[int, int], *, keep: tuple[int, ...] = (0,)):

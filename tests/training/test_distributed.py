@@ -27,9 +27,9 @@ def _worker(rank: int, world: int, port: int, data: str, run: str, out: str) -> 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    from histozoom.training.cell_tissue_trainer import Trainer
     from histozoom.training.config import TrainConfig
     from histozoom.training.distributed import cleanup, init_from_env
-    from histozoom.training.trainer import Trainer
 
     info, device = init_from_env("cpu")
     cfg = TrainConfig(data=data, model="pred-to-inter-2", epochs=1, batch_size=2, lr=1e-3, cell_dropout=0.0,

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_pair
 
+from conftest import make_pair
 from histozoom.cli import main
 from histozoom.data.challenge_json import write_challenge_points
 from histozoom.data.ocelot_release import OcelotReleaseWriter

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from histozoom.data.nuclei.readers import CCRCC
+from histozoom.data.nuclei.records import CCRCC
 from histozoom.data.nuclei.targets import merge_classes
 from histozoom.models.checkpoint import from_pretrained, save_pretrained
 from histozoom.models.chrnet import (

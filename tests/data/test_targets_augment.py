@@ -160,7 +160,10 @@ def test_rotate_hue_keeps_luma_and_grey_and_inverts():
 
     rng = np.random.default_rng(0)
     t = torch.from_numpy(rng.uniform(0.2, 0.8, (3, 8, 8)).astype(np.float32))
-    luma = lambda x: 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+
+    def luma(x):
+        return 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+
     r = rotate_hue(t, 0.03)
     torch.testing.assert_close(luma(r), luma(t), atol=1e-5, rtol=0)
     assert (r - t).abs().max() > 0.005

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import make_pair
 
+from conftest import make_pair
 from histozoom.cli import main
 from histozoom.data.base import DatasetSpec
 from histozoom.data.ocelot_release import OcelotRelease, OcelotReleaseWriter

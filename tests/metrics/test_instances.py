@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from histozoom.data.nuclei.records import instance_classes
 from histozoom.errors import InputError
 from histozoom.metrics.instances import (
     InstanceScores,
     aggregate,
-    instance_classes,
     match_instances,
     overlaps,
     relabel_instances,
@@ -170,7 +170,7 @@ def random_map(rng, h=24, w=24, n=None, big_ids=False):
     n = int(rng.integers(0, 12)) if n is None else n
     ids = random_ids(rng, max(n, 1), big_ids)[:n]
     yy, xx = np.mgrid[:h, :w]
-    for k, i in enumerate(ids):
+    for i in ids:
         kind = rng.integers(0, 3)
         cy, cx = rng.integers(0, h), rng.integers(0, w)
         if kind == 0:  # one-pixel instance
@@ -272,8 +272,8 @@ def test_random_classified_maps_match_brute_force(seed):
         ref = brute_force(gt, pred, gc, pc, classes)
         compare(score_instances(gt, pred, gc, pc, classes), ref, gt, pred)
         # the same classes given as type maps
-        gt_type = np.vectorize(lambda v: gc.get(v, 0), otypes=[np.int64])(gt)
-        pred_type = np.vectorize(lambda v: pc.get(v, 0), otypes=[np.int64])(pred)
+        gt_type = np.vectorize(lambda v, gc=gc: gc.get(v, 0), otypes=[np.int64])(gt)
+        pred_type = np.vectorize(lambda v, pc=pc: pc.get(v, 0), otypes=[np.int64])(pred)
         compare(score_instances(gt, pred, gt_type, pred_type, classes), ref, gt, pred)
 
 
@@ -531,6 +531,20 @@ def test_type_map_majority_vote():
     types[2, :4] = [0, 0, 0, 4]
     types[3, :2] = [6, 1]
     assert instance_classes(inst, types) == {3: 2, 9: 4, 5: 1}
+
+
+def test_type_map_vote_agrees_with_the_data_layer():
+    """score_instances reduces a type map with its own vote; it must be the data layer's
+    instance_classes (ties included), so type map and {id: class} score alike."""
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        gt = rng.choice([0, 0, 2, 5, 9, 30], size=(12, 15))
+        pred = rng.choice([0, 1, 4, 6], size=(12, 15))
+        gt_types = rng.choice([0, 1, 2, 3], size=gt.shape)  # many exact ties at this size
+        pred_types = rng.choice([0, 1, 2, 3], size=gt.shape)
+        by_map = score_instances(gt, pred, gt_types, pred_types, [1, 2, 3])
+        by_dict = score_instances(gt, pred, instance_classes(gt, gt_types), instance_classes(pred, pred_types), [1, 2, 3])
+        assert by_map.to_dict() == by_dict.to_dict()
 
 
 # ---------------------------------------------------------------------- helpers and errors

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import write_tiny_synthetic
 from histozoom.errors import InputError
+from histozoom.training.cell_tissue_trainer import Trainer, param_groups, train
 from histozoom.training.config import TrainConfig
 from histozoom.training.experiment import (
     Experiment,
@@ -19,7 +20,6 @@ from histozoom.training.experiment import (
     mean_ci,
 )
 from histozoom.training.loop import derive_seed
-from histozoom.training.trainer import Trainer, param_groups, train
 
 TINY = {"encoder_name": "tu-test_resnet", "decoder_channels": 16}
 """A ~0.4 M parameter branch (timm's test ResNet); its blocks take no dropout."""

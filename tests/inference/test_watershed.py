@@ -11,7 +11,7 @@ from scipy import ndimage
 from shapely.geometry import Point, shape
 from skimage.measure import label, regionprops
 
-from histozoom.data.nuclei.readers import CCRCC_CLASSES
+from histozoom.data.nuclei.records import CCRCC_CLASSES
 from histozoom.data.nuclei.synthetic import NucleiSynthConfig, generate_sample
 from histozoom.errors import InputError
 from histozoom.inference.watershed import (

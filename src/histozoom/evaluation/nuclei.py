@@ -15,11 +15,12 @@ dataset). Metrics and their conventions (Dice, AJI, AJI+, DQ, SQ, PQ, per-class 
 Files
 -----
 * **CoNSeP / HoVer-Net ``.mat``** (the contract): ``inst_map`` (required) and the
-  classes, read as :func:`~histozoom.data.nuclei.read_consep_mat` reads them --
+  classes, read by :func:`~histozoom.data.nuclei.consep.read_consep_labels`, the reader
+  behind the datasets training uses (:func:`~histozoom.data.nuclei.read_consep_mat`) --
   ``inst_type`` (one class per instance in increasing id order) is the class of record,
   else the per-instance majority of ``type_map`` (non-zero types win over 0;
-  :func:`~histozoom.metrics.instances.instance_classes`), else the file has no classes.
-  No image is needed.
+  :func:`~histozoom.data.nuclei.records.instance_classes`), else the file has no classes
+  (``inst_class`` ``None``, an empty ``inst_map`` included). No image is needed.
 * **``.npy``** (optional): a 2-D instance map (no classes), or ``(H, W, 2)`` with the
   instance map in channel 0 and a per-pixel type map in channel 1 (CoNIC layout).
 
@@ -42,7 +43,10 @@ string ``"consep"`` (:data:`~histozoom.data.nuclei.CONSEP_CLASSES`). Instances w
 class is outside the scored classes take part in the class-agnostic metrics only (a
 warning says so). When no file carries classes the evaluation is class-agnostic
 (``classes`` empty, aPQ ``NaN``); when only some do, that is a warning (class-agnostic)
-with ``classes=None`` and an :class:`InputError` with explicit classes.
+with ``classes=None`` and an :class:`InputError` with explicit classes. A file (or
+sample) without instances and without classes is scored as having classes (none of
+them): an empty prediction saved without ``type_map`` neither makes the evaluation
+class-agnostic nor fails explicit classes.
 """
 
 from __future__ import annotations
@@ -50,26 +54,23 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
+from typing import Any, Literal
 
 import numpy as np
 
-from .atomic import atomic_open, write_json
-from .data.io import read_npy
-from .data.nuclei.readers import (
-    CONSEP_CLASSES,
-    NucleiClassScheme,
-    _check_instance_map,
-    _loadmat,
-    _wh,
-    read_class_file,
-)
-from .errors import InputError
-from .metrics.instances import InstanceScores, PQCounts, aggregate, instance_classes, score_instances
-from .pair import ClassSet
-from .reports.tables import format_table
+from ..atomic import atomic_open, write_json
+from ..data.io import read_npy
+from ..data.nuclei.consep import consep_classes, read_consep_labels
+from ..data.nuclei.folder import read_class_file
+from ..data.nuclei.records import CONSEP_CLASSES, NucleiClassScheme, check_instance_map, format_wh
+from ..errors import InputError
+from ..jsonio import jsonable, nan_to_none
+from ..metrics.instances import InstanceScores, PQCounts, aggregate, score_instances
+from ..pair import ClassSet
+from ..reports.tables import format_table
 
 __all__ = [
     "MISSING_MODES",
@@ -87,7 +88,7 @@ MISSING_MODES = ("error", "empty")
 LABEL_SUFFIXES = (".mat", ".npy")
 CONSEP_LABEL_DIRS = ("masks", "Labels", "labels")
 
-ClassesArg = Union[None, str, Path, ClassSet, NucleiClassScheme, Mapping[int, str], Sequence[int]]
+ClassesArg = None | str | Path | ClassSet | NucleiClassScheme | Mapping[int, str] | Sequence[int]
 
 
 # ====================================================================== label files
@@ -114,54 +115,28 @@ class NucleiLabels:
         return int((ids != 0).sum())
 
 
-def _integer_array(a: np.ndarray, path: Path, what: str) -> np.ndarray:
-    a = np.asarray(a)
-    if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
-        return a.astype(np.int64)
-    if not np.issubdtype(a.dtype, np.floating) or (a.size and not (np.isfinite(a).all() and np.array_equal(a, np.round(a)))):
-        raise InputError(path, f"{what} holds non-integer values (dtype {a.dtype})")
-    return a.astype(np.int64)
-
-
-def _classes_of(inst: np.ndarray, type_map: np.ndarray | None, inst_type: np.ndarray | None,
-                path: Path) -> dict[int, int] | None:
-    """Classes as :func:`read_consep_mat` reads them: ``inst_type`` first, else the ``type_map`` vote."""
-    ids = np.unique(inst)
-    ids = ids[ids != 0].astype(np.int64)
-    if type_map is not None:
-        if type_map.shape != inst.shape:
-            raise InputError(path, f"type_map is {_wh(type_map.shape)} px but inst_map is {_wh(inst.shape)} px")
-        type_map = _integer_array(type_map, path, "type_map")
-    if inst_type is not None:
-        it = _integer_array(np.asarray(inst_type).reshape(-1), path, "inst_type")
-        if it.size != ids.size:
-            raise InputError(path, f"inst_type has {it.size} entries but inst_map has {ids.size} instances")
-        return {int(i): int(t) for i, t in zip(ids, it)}
-    if type_map is not None:
-        return instance_classes(inst, type_map)
-    return {} if ids.size == 0 else None
-
-
 def read_nuclei_labels(path: str | Path, name: str | None = None) -> NucleiLabels:
-    """Instances and classes of one label file (``.mat`` CoNSeP-style, or ``.npy``); no image needed."""
+    """Instances and classes of one label file (``.mat`` CoNSeP-style, or ``.npy``); no image needed.
+
+    ``.mat``: :func:`~histozoom.data.nuclei.consep.read_consep_labels`, so the instances
+    and classes are those of the training datasets' reader (``inst_class`` is ``None``
+    when the file has neither ``inst_type`` nor ``type_map``, also for an empty map;
+    ``{}`` for an empty map with either). ``.npy``: a 2-D instance map has no classes;
+    ``(H, W, 2)`` takes the classes from the type map in channel 1 as a ``.mat``
+    ``type_map`` (:func:`~histozoom.data.nuclei.consep.consep_classes`).
+    """
     path = Path(path)
     name = name or path.stem
     suffix = path.suffix.lower()
     if suffix == ".mat":
-        m = _loadmat(path)
-        if "inst_map" not in m:
-            raise InputError(path, f"no 'inst_map' variable (has {sorted(k for k in m if not k.startswith('__'))})")
-        inst = _check_instance_map(m["inst_map"], path)
-        type_map = np.asarray(m["type_map"]) if "type_map" in m else None
-        inst_class = _classes_of(inst, type_map, m.get("inst_type"), path)
+        inst, inst_class, _ = read_consep_labels(path)
         return NucleiLabels(name, inst, inst_class, path)
     if suffix == ".npy":
         a = read_npy(path)
         if a.ndim == 3 and a.shape[2] == 2:
-            inst = _check_instance_map(a[..., 0], path)
-            return NucleiLabels(name, inst, _classes_of(inst, a[..., 1], None, path), path)
-        inst = _check_instance_map(a, path)
-        return NucleiLabels(name, inst, {} if not inst.any() else None, path)
+            inst = check_instance_map(a[..., 0], path)
+            return NucleiLabels(name, inst, consep_classes(inst, a[..., 1], None, path)[0], path)
+        return NucleiLabels(name, check_instance_map(a, path), None, path)
     raise InputError(path, f"unsupported label file type {path.suffix!r} (expected .mat or .npy)")
 
 
@@ -244,12 +219,13 @@ METRICS = (("dice", "Dice"), ("aji", "AJI"), ("aji_plus", "AJI+"), ("dq", "DQ"),
 
 
 def _dash(v: float) -> Any:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    v = nan_to_none(v)
+    return "-" if v is None else v
 
 
 def _csv_value(v: Any) -> Any:
     if isinstance(v, float):
-        return "" if math.isnan(v) else repr(v)
+        return "" if nan_to_none(v) is None else repr(v)
     return v
 
 
@@ -342,24 +318,10 @@ class NucleiEvaluation:
         """Write ``scores.json`` (:meth:`to_dict`) and ``per_image.csv`` into ``out_dir``, atomically."""
         out_dir = Path(out_dir)
         js, cs = out_dir / "scores.json", out_dir / "per_image.csv"
-        write_json(js, _jsonable(self.to_dict()))
+        write_json(js, jsonable(self.to_dict()))
         with atomic_open(cs, "w", encoding="utf-8", newline="") as fh:
             fh.write(self.per_image_csv())
         return [js, cs]
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {k: _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return None if math.isnan(o) else float(o)
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    return o
 
 
 # ====================================================================== scoring
@@ -394,6 +356,13 @@ def _restrict_classes(s: InstanceScores, ids: Sequence[int]) -> InstanceScores:
     pq = {c: cc[c].pq for c in ids}
     defined = [v for v in pq.values() if not math.isnan(v)]
     return replace(s, class_counts=cc, pq_per_class=pq, apq=sum(defined) / len(defined) if defined else math.nan)
+
+
+def _scored_classes(inst: np.ndarray, inst_class: Mapping[int, int] | None) -> Mapping[int, int] | None:
+    """``inst_class``, but ``{}`` for a map without instances that has no classes (module doc)."""
+    if inst_class is None and not inst.any():
+        return {}
+    return inst_class
 
 
 def _class_ids_of(inst_class: Mapping[int, int] | None) -> set[int]:
@@ -433,7 +402,9 @@ def _score(
     absent = [n for n in names if not has_pred(n)]
     if absent and missing == "error":
         n = absent[0]
-        more = f" (and {len(absent) - 1} more: {', '.join(absent[1:6])}{' ...' if len(absent) > 6 else ''})" if len(absent) > 1 else ""
+        more = ""
+        if len(absent) > 1:
+            more = f" (and {len(absent) - 1} more: {', '.join(absent[1:6])}{' ...' if len(absent) > 6 else ''})"
         raise InputError(missing_path(n), f"no prediction for ground truth {gt_source(n)}{more}; "
                          "missing='empty' (--missing empty) scores it as an empty prediction")
     explicit = None if classes is None else [int(c) for c in classes.ids]
@@ -444,14 +415,15 @@ def _score(
     for n in names:
         gt = load_gt(n)
         gt_inst = np.asarray(gt.inst_map)
-        gt_cls = gt.inst_class
+        gt_cls = _scored_classes(gt_inst, gt.inst_class)
         if has_pred(n):
             pred = load_pred(n)
-            p_inst, p_cls, p_src = np.asarray(pred.inst_map), pred.inst_class, _source_of(pred)
+            p_inst, p_src = np.asarray(pred.inst_map), _source_of(pred)
+            p_cls = _scored_classes(p_inst, pred.inst_class)
             if p_inst.shape != gt_inst.shape:
                 raise InputError(p_src or f"prediction {n!r}",
-                                 f"inst_map is {_wh(p_inst.shape)} px but the ground truth "
-                                 f"{_source_of(gt) or n!r} is {_wh(gt_inst.shape)} px")
+                                 f"inst_map is {format_wh(p_inst.shape)} px but the ground truth "
+                                 f"{_source_of(gt) or n!r} is {format_wh(gt_inst.shape)} px")
         else:
             p_inst, p_cls, p_src = np.zeros(gt_inst.shape, np.int32), {}, None
         for cls, src in ((gt_cls, _source_of(gt) or f"ground truth {n!r}"), (p_cls, p_src or f"prediction {n!r}")):

@@ -12,15 +12,16 @@ import torch
 
 from histozoom.cli import main
 from histozoom.data.augment import AugmentConfig
-from histozoom.data.nuclei.readers import CCRCC, CCRCC_CLASSES, NucleiSample, open_nuclei
+from histozoom.data.nuclei.dataset import open_nuclei
+from histozoom.data.nuclei.records import CCRCC, CCRCC_CLASSES, NucleiSample, class_map
 from histozoom.data.nuclei.samples import NucleiAugment, NucleiTrainSet
 from histozoom.data.nuclei.synthetic import NucleiSynthConfig, write_synthetic_nuclei
-from histozoom.data.nuclei.targets import class_map, distance_map
+from histozoom.data.nuclei.targets import distance_map
 from histozoom.data.samples import image_tensor
+from histozoom.evaluation.nuclei import read_nuclei_labels
 from histozoom.inference.nuclei_predictor import NucleiPredictor
 from histozoom.metrics.instances import score_instances
 from histozoom.models.registry import build_model, list_models
-from histozoom.nuclei_evaluation import read_nuclei_labels
 from histozoom.training.nuclei_trainer import (
     NucleiTrainConfig,
     NucleiTrainer,
@@ -244,7 +245,7 @@ def test_cli_train_predict_evaluate(tiles, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in out["images"]] == open_nuclei(tiles, "test").ids
     gt_dir = tmp_path / "gt"
-    from histozoom.data.nuclei.readers import write_consep_mat
+    from histozoom.data.nuclei.consep import write_consep_mat
 
     gt_dir.mkdir()
     for s in open_nuclei(tiles, "test"):

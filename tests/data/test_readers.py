@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_pair
 
+from conftest import make_pair
 from histozoom.data.base import DatasetSpec
 from histozoom.data.gc_container import GrandChallengeContainer, write_container
 from histozoom.data.io import read_points_csv, read_rgb
@@ -249,9 +249,8 @@ def test_writer_leaves_no_partial_files(tmp_path, pairs, monkeypatch):
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom):
-        with atomic.atomic_open(target) as fh:
-            fh.write('{"new": ')
-            raise Boom
+    with pytest.raises(Boom), atomic.atomic_open(target) as fh:
+        fh.write('{"new": ')
+        raise Boom
     assert json.loads(target.read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

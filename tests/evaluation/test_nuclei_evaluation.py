@@ -1,4 +1,4 @@
-"""``histozoom nuclei evaluate`` and :mod:`histozoom.nuclei_evaluation`: folders of CoNSeP-style .mat files."""
+"""``histozoom nuclei evaluate`` and :mod:`histozoom.evaluation.nuclei`: folders of CoNSeP-style .mat files."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import scipy.io
 from scipy import ndimage
 
 from histozoom.cli import main
-from histozoom.data.nuclei import NucleiSample, write_consep_mat
+from histozoom.data.io import write_image
+from histozoom.data.nuclei import NucleiSample, open_nuclei, write_consep_mat
 from histozoom.errors import InputError
-from histozoom.metrics.instances import aggregate, score_instances
-from histozoom.nuclei_evaluation import (
+from histozoom.evaluation.nuclei import (
     NucleiLabels,
     evaluate_nuclei,
     evaluate_samples,
     read_nuclei_labels,
 )
+from histozoom.metrics.instances import aggregate, score_instances
 
 H, W = 48, 64
 METRICS = ("dice", "aji", "aji_plus", "dq", "sq", "pq", "apq")
@@ -215,7 +216,8 @@ def test_cli_json(folders, capsys, tmp_path):
     for mode in ("mean", "pooled"):
         assert {"dice", "aji", "aji_plus", "dq", "sq", "pq", "apq", "pq_per_class"} <= set(doc["overall"][mode])
     assert [r["name"] for r in doc["per_image"]] == ["img0", "img1", "img2"]
-    assert {"name", "n_gt", "n_pred", "pred_file", "gt_file", "missing_prediction", "pq", "pq_per_class"} <= set(doc["per_image"][0])
+    per_image_keys = {"name", "n_gt", "n_pred", "pred_file", "gt_file", "missing_prediction", "pq", "pq_per_class"}
+    assert per_image_keys <= set(doc["per_image"][0])
     ev = evaluate_nuclei(pred_dir, gt_dir)
     assert doc["overall"]["mean"] == ev.mean.to_dict()
     assert json.loads((out / "scores.json").read_text()) == doc
@@ -273,6 +275,64 @@ def test_cli_bad_inputs(folders, capsys, tmp_path):
     assert e.value.code == 2
 
 
+# ---------------------------------------------------------------------- one reader for .mat
+
+
+def test_dataset_and_evaluate_read_mat_files_alike(tmp_path):
+    """The training datasets (open_nuclei -> read_consep_mat) and ``nuclei evaluate``
+    (read_nuclei_labels) read every .mat to the same instances and classes, empty maps included."""
+    inst, cls = _image(0)
+    empty = np.zeros((H, W), np.int32)
+    full_ids = np.unique(inst)[1:]
+    full_types = np.array([[cls[int(i)]] for i in full_ids], np.int32)
+    type_map = np.zeros_like(inst)
+    for k, c in cls.items():
+        type_map[inst == k] = c
+    files = {  # name: (variables of the .mat, the classes both readers must give)
+        "both": ({"inst_map": inst, "type_map": type_map, "inst_type": full_types}, cls),
+        "inst_type": ({"inst_map": inst, "inst_type": full_types}, cls),
+        "type_map": ({"inst_map": inst, "type_map": type_map}, cls),
+        "no_classes": ({"inst_map": inst}, None),
+        "empty_with_type_map": ({"inst_map": empty, "type_map": np.zeros_like(empty)}, {}),
+        "empty_with_inst_type": ({"inst_map": empty, "inst_type": np.zeros((0, 1), np.int32)}, {}),
+        "empty_no_classes": ({"inst_map": empty}, None),
+    }
+    root = tmp_path / "consep"
+    (root / "masks").mkdir(parents=True)
+    for name, (variables, _) in files.items():
+        scipy.io.savemat(root / "masks" / f"{name}.mat", variables)
+        write_image(root / "imgs" / f"{name}.png", np.zeros((H, W, 3), np.uint8))
+    # the writer's empty samples: with classes -> {}, without -> None
+    write_consep_mat(root / "masks" / "written_empty_classes.mat", _sample("e", empty, {}))
+    write_consep_mat(root / "masks" / "written_empty_none.mat", _sample("e", empty, None))
+    files["written_empty_classes"] = (None, {})
+    files["written_empty_none"] = (None, None)
+    for name in ("written_empty_classes", "written_empty_none"):
+        write_image(root / "imgs" / f"{name}.png", np.zeros((H, W, 3), np.uint8))
+
+    ds = open_nuclei(root, classes=None)
+    assert sorted(ds.ids) == sorted(files)
+    for s in ds:
+        lab = read_nuclei_labels(root / "masks" / f"{s.id}.mat")
+        np.testing.assert_array_equal(lab.inst_map, s.inst_map)
+        assert lab.inst_map.dtype == s.inst_map.dtype == np.int32
+        assert lab.inst_class == s.inst_class == files[s.id][1], s.id
+
+    # scoring keeps its rule for empty files without classes: they do not make the
+    # evaluation class-agnostic (an empty prediction saved without type_map)
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    shutil.copy(root / "masks" / "both.mat", gt / "a.mat")
+    shutil.copy(root / "masks" / "both.mat", pred / "a.mat")
+    shutil.copy(root / "masks" / "both.mat", gt / "b.mat")
+    shutil.copy(root / "masks" / "empty_no_classes.mat", pred / "b.mat")
+    ev = evaluate_nuclei(pred, gt)
+    assert ev.warnings == [] and [int(c) for c in ev.classes.ids] == [1, 2, 3]
+    assert ev.per_image[1].n_pred == 0 and ev.per_image[1].scores.pq == 0
+    assert ev.to_dict()["overall"] == evaluate_nuclei(pred, gt, classes=[1, 2, 3]).to_dict()["overall"]
+
+
 # ---------------------------------------------------------------------- real data
 
 
@@ -319,7 +379,7 @@ def test_real_consep_tiles(shared_data, tmp_path):
 
 @pytest.mark.parametrize("layout", ["miccai2015", "gbm40"])
 def test_real_other_layouts_score_against_themselves_and_perturbed(shared_data, layout):
-    from histozoom.data.nuclei.readers import NucleiSample, open_nuclei
+    from histozoom.data.nuclei import NucleiSample, open_nuclei
 
     d = shared_data / "nuclei" / layout
     if not d.is_dir():

@@ -1,6 +1,6 @@
 """Training a cell–tissue model (``histozoom train``): one run = one folder.
 
->>> from histozoom.training.trainer import train
+>>> from histozoom.training.cell_tissue_trainer import train
 >>> from histozoom.training.config import TrainConfig
 >>> summary = train(TrainConfig(data="DATA", model="pred-to-inter-2", epochs=300), "RUN")
 
