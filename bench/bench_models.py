@@ -173,12 +173,12 @@ def sync(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------- memory (subprocess)
-def _rss_mib() -> float:
+def rss_mib() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _reset_hwm() -> bool:
+def reset_hwm() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -187,7 +187,7 @@ def _reset_hwm() -> bool:
         return False
 
 
-def _hwm_mib(reset_ok: bool) -> float:
+def hwm_mib(reset_ok: bool) -> float:
     if reset_ok:
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -226,10 +226,10 @@ def memory_worker(name: str, size: int, device: torch.device, mode: str = "forwa
         forward()
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        before = _rss_mib()
-        reset_ok = _reset_hwm()
+        before = rss_mib()
+        reset_ok = reset_hwm()
         forward()
-        peak = _hwm_mib(reset_ok)
+        peak = hwm_mib(reset_ok)
     return {"peak_mib": peak, "forward_extra_mib": max(peak - before, 0.0),
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 

@@ -71,7 +71,7 @@ def sync(device) -> None:
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_models import _hwm_mib, _reset_hwm, _rss_mib
+from bench_models import hwm_mib, reset_hwm, rss_mib
 
 
 def memory_child(args, variant: str) -> dict:
@@ -82,10 +82,10 @@ def memory_child(args, variant: str) -> dict:
         t = trainer_for(args, variant, Path(tmp) / "run")
         batch = next(iter(t.loader))
         t.train_step(batch)
-        base = _rss_mib()
-        reset_ok = _reset_hwm()
+        base = rss_mib()
+        reset_ok = reset_hwm()
         t.train_step(batch)
-        peak = _hwm_mib(reset_ok)
+        peak = hwm_mib(reset_ok)
     return {"peak_mib": peak, "step_mib": max(peak - base, 0.0)}
 
 

@@ -218,11 +218,6 @@ class ImageResult:
 METRICS = (("dice", "Dice"), ("aji", "AJI"), ("aji_plus", "AJI+"), ("dq", "DQ"), ("sq", "SQ"), ("pq", "PQ"), ("apq", "aPQ"))
 
 
-def _dash(v: float) -> Any:
-    v = nan_to_none(v)
-    return "-" if v is None else v
-
-
 def _csv_value(v: Any) -> Any:
     if isinstance(v, float):
         return "" if nan_to_none(v) is None else repr(v)
@@ -278,7 +273,7 @@ class NucleiEvaluation:
         return [f"PQ/{n}" for n in self.class_names.values()]
 
     def _metric_cells(self, s: InstanceScores) -> list[Any]:
-        return [_dash(getattr(s, k)) for k, _ in METRICS] + [_dash(s.pq_per_class.get(c, math.nan)) for c in self.class_names]
+        return [getattr(s, k) for k, _ in METRICS] + [s.pq_per_class.get(c, math.nan) for c in self.class_names]
 
     def tables(self) -> str:
         """Readable tables: overall (mean over images, pooled), then per image."""

@@ -7,7 +7,6 @@ themselves are drawn by :mod:`histozoom.reports.plots`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,9 +24,6 @@ if TYPE_CHECKING:
 EVALUATION_JSON = "evaluation.json"
 """The JSON document's file name in an output folder."""
 
-
-def _nan_dash(v) -> Any:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
 def _with_ci(v: float, ci: Sequence[float] | None) -> str:
@@ -152,8 +148,7 @@ def report_tables(report: EvaluationReport) -> str:
         if m.segmentation is None:
             continue
         s = m.segmentation.scores()
-        seg_rows.append([m.name, _nan_dash(s["mIoU"]), _nan_dash(s["mDice"])]
-                        + [_nan_dash(s["classes"][c]["iou"]) for c in m.segmentation.classes.names])
+        seg_rows.append([m.name, s["mIoU"], s["mDice"]] + [s["classes"][c]["iou"] for c in m.segmentation.classes.names])
     if seg_rows:
         names = report.methods[0].segmentation.classes.names if report.methods[0].segmentation else ()
         out.append(format_table(seg_rows, ["method", "mIoU", "mDice"] + [f"IoU/{c}" for c in names],

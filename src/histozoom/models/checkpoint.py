@@ -17,7 +17,6 @@ to a temporary name and renamed (weights first, then the config).
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch.nn as nn
 
 from ..atomic import atomic_path, write_json
 from ..errors import InputError
+from ..jsonio import read_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -81,12 +81,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, extra: Mapping[str,
 def load_config(directory: str | Path) -> tuple[Any, dict[str, Any]]:
     """``(config, meta)`` from ``directory/config.json``; ``meta`` is the whole JSON object."""
     path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise InputError(path, "checkpoint config not found")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"not valid JSON ({err})") from err
+    meta = read_json(path, "checkpoint config")
     if not isinstance(meta, dict) or "config_type" not in meta or "config" not in meta:
         raise InputError(path, "expected an object with 'config_type' and 'config'")
     cls = resolve_config_type(str(meta["config_type"]), path)

@@ -26,7 +26,6 @@ config.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from ..atomic import write_json
 from ..config_fields import DictConfig
 from ..errors import ConfigError, InputError
+from ..jsonio import read_json
 
 TRAIN_CONFIG_FILE = "train_config.json"
 
@@ -133,12 +133,7 @@ class RunConfig(DictConfig):
     @classmethod
     def load(cls, path: str | Path):
         path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(path, "training config not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(path, f"not valid JSON ({e})") from e
+        d = read_json(path, "training config")
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError) as e:

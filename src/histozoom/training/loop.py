@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import random
 import time
@@ -48,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..atomic import atomic_dir, atomic_open, atomic_path, recover_dir, write_json
 from ..errors import InputError
+from ..jsonio import read_json
 from ..models.checkpoint import BEST_CHECKPOINT as CHECKPOINT_NAME
 from ..models.checkpoint import save_pretrained
 from .config import RUNTIME_FIELDS
@@ -151,8 +151,8 @@ def read_done(run: str | Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return read_json(path, "run summary")
+    except InputError:  # unreadable or half-copied: the run counts as not finished
         return None
 
 
