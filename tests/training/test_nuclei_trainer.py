@@ -20,7 +20,9 @@ from histozoom.data.nuclei.targets import distance_map
 from histozoom.data.samples import image_tensor
 from histozoom.evaluation.nuclei import read_nuclei_labels
 from histozoom.inference.nuclei_predictor import NucleiPredictor
+from histozoom.inference.watershed import WatershedConfig
 from histozoom.metrics.instances import score_instances
+from histozoom.models.checkpoint import load_config, resolve_checkpoint
 from histozoom.models.registry import build_model, list_models
 from histozoom.training.nuclei_trainer import (
     NucleiTrainConfig,
@@ -200,6 +202,11 @@ def test_train_resume_reproduces_uninterrupted_run(tiles, tmp_path):
     # the checkpoint carries what prediction needs
     pred = NucleiPredictor.from_checkpoint(run)
     assert pred.classes == CCRCC_CLASSES
+    # ... including the resolved post-processing, so a later change of the defaults does not
+    # change what an old checkpoint predicts
+    assert pred.watershed == WatershedConfig() and pred.watershed.marker_mode == "h_maxima"
+    _, meta = load_config(resolve_checkpoint(run))
+    assert meta["extra"]["watershed"]["marker_mode"] == "h_maxima"
 
 
 def test_trainer_rejects_wrong_family_and_bad_config(tiles, tmp_path):

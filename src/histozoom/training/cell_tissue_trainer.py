@@ -79,6 +79,7 @@ class Trainer(RunLoop):
 
     config_file = TRAIN_CONFIG_FILE
     score_key = "mF1"
+    test_predictions = TEST_PREDICTIONS
 
     def setup(self) -> None:
         ds = open_dataset(self.cfg.data)
@@ -162,12 +163,6 @@ class Trainer(RunLoop):
         pred = self.predictor().predict_split(self.val_split)
         s = score_split(pred, self.val_split, self._val_gt)
         return {"mF1": s["mF1"], "f1": s["f1"]}
-
-    def summary(self, finished: bool, seconds: float) -> dict:
-        out = super().summary(finished, seconds)
-        if out["test"] is not None:
-            out["test_predictions"] = str(self.run / TEST_PREDICTIONS)
-        return out
 
     def test(self) -> dict | None:
         """Predict the test split with the best checkpoint; write the challenge JSON and

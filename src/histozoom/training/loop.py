@@ -170,10 +170,12 @@ class RunLoop:
     ``score_key`` (the validation score that selects the best epoch, higher is better)
     and implement :meth:`setup`, :meth:`make_model`, :meth:`make_param_groups`,
     :meth:`make_train_set`, :meth:`forward`, :meth:`loss`, :meth:`validate`,
-    :meth:`test` and :meth:`extra`."""
+    :meth:`test` and :meth:`extra`. ``test_predictions``: where :meth:`test` writes its
+    predictions, relative to the run folder (named in the summary), or ``None``."""
 
     config_file = "train_config.json"
     score_key = "score"
+    test_predictions: str | None = None
     runtime_fields = RUNTIME_FIELDS
 
     def __init__(self, cfg: Any, run_dir: str | Path, resume: bool = False, dist_info: DistInfo = SINGLE,
@@ -502,4 +504,6 @@ class RunLoop:
         }
         if finished:
             out["test"] = self.test()
+            if out["test"] is not None and self.test_predictions is not None:
+                out["test_predictions"] = str(self.run / self.test_predictions)
         return out

@@ -120,6 +120,7 @@ class NucleiTrainer(RunLoop):
 
     config_file = NUCLEI_CONFIG_FILE
     score_key = "aPQ"
+    test_predictions = TEST_PREDICTIONS_DIR
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -212,12 +213,6 @@ class NucleiTrainer(RunLoop):
         finally:
             self.model.train(was_training)
         return scores
-
-    def summary(self, finished: bool, seconds: float) -> dict:
-        out = super().summary(finished, seconds)
-        if out["test"] is not None:
-            out["test_predictions"] = str(self.run / TEST_PREDICTIONS_DIR)
-        return out
 
     def test(self) -> dict | None:
         """Predict the test split with the best checkpoint; write ``RUN/test_predictions/*.mat``
