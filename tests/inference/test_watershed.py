@@ -75,6 +75,21 @@ def test_threshold_merges_but_watershed_splits(two_disks):
         assert min(np.hypot(cy - y, cx - x) for y, x in cents) < 2.0
 
 
+def test_default_markers_are_h_maxima_and_ignore_shallow_noise_maxima(two_disks):
+    """The paper's rule (h-maxima of the distance map) is the default. A predicted distance
+    map with flat tops (clipped at 0.7) and noise far below ``h`` has many local maxima on
+    each top, but only one h-maximum per nucleus."""
+    inst, binary, dist = two_disks
+    assert WatershedConfig().marker_mode == "h_maxima"
+    noise = 0.01 * np.random.default_rng(0).random(dist.shape).astype(np.float32)
+    noisy = np.minimum(dist, 0.7) + noise * (inst > 0)
+    out = instances_from_maps(binary, noisy)
+    assert out.max() == 2
+    assert score_instances(inst, out).pq > 0.95
+    oversplit = instances_from_maps(binary, noisy, WatershedConfig(marker_mode="local_max", min_marker_distance=1, min_size=0))
+    assert oversplit.max() > 2  # plain local maxima of the same map split the nuclei
+
+
 def test_h_maxima_markers_on_union_distance():
     inst = _disks()
     binary = (inst > 0).astype(np.float32)
