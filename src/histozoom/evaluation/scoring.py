@@ -376,7 +376,8 @@ def score_split(pred: Predictions, split: PairSplit, gt: Mapping[int, Points] | 
     Returns ``{"mF1", "f1": {class: F1}, "counts": DetectionCounts, "organs": {organ: mF1}}``.
     """
     gt = split_ground_truth(split) if gt is None else gt
-    counts = pred.counts(gt, radius_px(radius_um, split.spec.cell_mpp), split.spec.cell_classes)
+    counts = count_detections(gt, pred.rounded(), list(range(len(pred.ids))), radius_px(radius_um, split.spec.cell_mpp),
+                              split.spec.cell_classes, names=list(pred.ids))
     s = counts.scores()
     labels = [pred.organs.get(k) for k in range(len(pred.ids))]
     organs = {o: c.scores().mf1 for o, c in counts.grouped(labels).items()} if any(labels) else {}

@@ -32,7 +32,7 @@ names the pair when it has none).
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,6 @@ from ..data.samples import image_tensor, resize_pair
 from ..data.targets import tissue_mask_in_cell_frame
 from ..errors import InputError
 from ..geometry import Placement
-from ..metrics.detection import DetectionCounts, count_detections
 from ..pair import (
     OCELOT_CELL_CLASSES,
     OCELOT_TISSUE_CLASSES,
@@ -218,11 +217,6 @@ class Predictions:
             w.writeheader()
             w.writerows(self.rows())
         return Path(path)
-
-    def counts(self, gt: Mapping[int, Points | None], radius: float, classes: ClassSet | None = None) -> DetectionCounts:
-        """Challenge matching against ground truth per image index (rounded points, as written)."""
-        return count_detections(gt, self.rounded(), list(range(len(self.ids))), radius, classes or self.classes,
-                                names=list(self.ids))
 
 
 # ---------------------------------------------------------------------- the predictor
