@@ -1,4 +1,4 @@
-"""Nuclei instance and class data for CHR-Net (issue 5): records, readers, targets, synthetic data.
+"""Nuclei instance and class data for CHR-Net: records, readers, targets, synthetic data.
 
 * :mod:`.records` — :class:`NucleiSample`, class schemes (:data:`CCRCC`), the instance-map
   validator, :func:`class_map` and its inverse :func:`instance_classes`.
