@@ -41,6 +41,8 @@ def parse_json(text: str, path: str | Path | None = None, what: str = "JSON") ->
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(path, f"invalid {what} (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise InputError(path, f"invalid {what} (nested too deeply)") from None
 
 
 def nan_to_none(v: Any) -> float | None:

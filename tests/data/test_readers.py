@@ -254,3 +254,24 @@ def test_writer_leaves_no_partial_files(tmp_path, pairs, monkeypatch):
         raise Boom
     assert json.loads(target.read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_image_reader_refuses_formats_that_run_external_programs(tmp_path, monkeypatch):
+    """An EPS file named .png is never handed to Pillow's EPS plugin (which runs
+    Ghostscript); it is a named decode error. Real PNG/JPEG/BMP still read."""
+    from PIL import EpsImagePlugin, Image
+
+    from histozoom.data.io import read_image
+
+    opened = []
+    original = EpsImagePlugin.EpsImageFile._open
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: (opened.append(1), original(self))[1])
+    eps = tmp_path / "cell.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    with pytest.raises(InputError, match=r"cell\.png.*cannot decode image"):
+        read_image(eps)
+    assert not opened  # the EPS plugin never saw the file
+    rgb = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    for ext in ("png", "jpg", "bmp"):
+        Image.fromarray(rgb).save(tmp_path / f"ok.{ext}")
+        assert read_image(tmp_path / f"ok.{ext}").shape == (8, 8, 3)

@@ -145,7 +145,7 @@ def test_run_writes_checkpoint_log_and_test_scores(data64, tmp_path):
     s = train(cfg, tmp_path / "r")
     run = tmp_path / "r"
     for f in ("train_config.json", "log.csv", "done.json", "test_predictions.json", "best.ckpt/config.json",
-              "best.ckpt/model.safetensors", "last/state.pt"):
+              "best.ckpt/model.safetensors", "last/state.json", "last/state.safetensors"):
         assert (run / f).is_file(), f
     meta = json.loads((run / "best.ckpt" / "config.json").read_text())
     assert meta["extra"]["size"] == 32 and meta["extra"]["spec"]["cell_classes"]["ids"] == [1, 2]

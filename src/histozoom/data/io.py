@@ -18,6 +18,9 @@ from ..errors import InputError
 from ..pair import ClassSet, Points
 
 _TIFF = {".tif", ".tiff"}
+RASTER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+"""The only formats Pillow may decode: a file is never handed to a decoder that runs an
+external program (EPS → Ghostscript) whatever its name says."""
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -29,7 +32,7 @@ def read_image(path: str | Path) -> np.ndarray:
         if path.suffix.lower() in _TIFF:
             arr = tifffile.imread(path)
         else:
-            with Image.open(path) as im:
+            with Image.open(path, formats=RASTER_FORMATS) as im:
                 im.load()
                 arr = np.asarray(im)
     except (OSError, ValueError, UnidentifiedImageError, SyntaxError, tifffile.TiffFileError) as e:
@@ -43,9 +46,13 @@ def read_npy(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        arr = np.load(path, allow_pickle=False)  # object arrays and pickles raise ValueError
+    except (OSError, ValueError, EOFError) as e:
         raise InputError(path, f"cannot read .npy ({type(e).__name__}: {e})") from e
+    if not isinstance(arr, np.ndarray):  # np.load opens an .npz archive whatever the file's name
+        arr.close()
+        raise InputError(path, "not a .npy array (an .npz archive)")
+    return arr
 
 
 def read_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:

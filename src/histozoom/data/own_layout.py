@@ -83,7 +83,7 @@ class OwnDataset:
         else:
             try:
                 cfg = yaml.safe_load(desc.read_text(encoding="utf-8"))
-            except yaml.YAMLError as e:
+            except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
                 raise InputError(desc, f"cannot parse ({e})") from e
         if not isinstance(cfg, dict) or "cell_classes" not in cfg:
             raise InputError(desc, "expected a mapping with at least 'cell_classes'")

@@ -52,6 +52,10 @@ def resolve_config_type(name: str, path: str | Path | None = None) -> type:
             cls = getattr(cls, part)
     except (ImportError, AttributeError) as err:
         raise InputError(path, f"config_type {name!r} cannot be imported ({err})") from err
+    # only a class defined in histozoom with the config interface (not e.g. a function or an imported class)
+    if not (isinstance(cls, type) and cls.__module__.startswith("histozoom.")
+            and callable(getattr(cls, "from_dict", None)) and callable(getattr(cls, "build", None))):
+        raise InputError(path, f"config_type {name!r} is not a histozoom config class")
     return cls
 
 

@@ -11,8 +11,8 @@ What a run folder holds (every file written atomically; folders swapped in whole
                             (histozoom.models.checkpoint format; ``extra`` holds the dataset
                             spec, the training size, peak settings, epoch and val scores)
     RUN/last/               the last finished epoch: config.json + model.safetensors +
-                            state.pt (optimizer, scheduler, RNG states, epoch, best score,
-                            history) — what ``resume`` continues from
+                            state.safetensors + state.json (optimizer, scheduler, RNG states,
+                            epoch, best score, history; no pickle) — what ``resume`` continues from
     RUN/log.csv             one row per epoch: learning rates, losses, val mF1 / F1 per class, times
     RUN/tb/                 TensorBoard events (when tensorboard is installed)
     RUN/test_predictions.json  the best checkpoint's test-split detections (challenge JSON)

@@ -8,8 +8,9 @@ set, the loss of one batch, validation and test. The loop supplies the rest:
     RUN/<config file>       the run's config (JSON; ``config_file`` of the subclass)
     RUN/best.ckpt/          the best-validation epoch's model (histozoom.models.checkpoint format)
     RUN/last/               the last finished epoch: config.json + model.safetensors +
-                            state.pt (optimizer, scheduler, RNG states, epoch, best score,
-                            history) — what ``resume`` continues from
+                            state.safetensors + state.json (optimizer, scheduler, RNG states,
+                            epoch, best score, history; no pickle, see
+                            :mod:`histozoom.training.resume_state`) — what ``resume`` continues from
     RUN/log.csv             one row per epoch: learning rates, losses, validation scores, times
     RUN/tb/                 TensorBoard events (when tensorboard is installed)
     RUN/done.json           written last: the summary (best epoch, validation and test scores)
@@ -32,7 +33,6 @@ tensorboard, stop_after, max_train_batches, bn_recalibration``, and the methods
 from __future__ import annotations
 
 import csv
-import io
 import os
 import random
 import time
@@ -45,16 +45,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..atomic import atomic_dir, atomic_open, atomic_path, recover_dir, write_json
+from ..atomic import atomic_dir, atomic_open, recover_dir, write_json
 from ..errors import InputError
 from ..jsonio import read_json
 from ..models.checkpoint import BEST_CHECKPOINT as CHECKPOINT_NAME
-from ..models.checkpoint import save_pretrained
+from ..models.checkpoint import WEIGHTS_FILE, save_pretrained
 from .config import RUNTIME_FIELDS
 from .distributed import SINGLE, DistInfo, EpochSampler, barrier, broadcast_object
+from .resume_state import LEGACY_STATE_FILE, STATE_FILE, read_resume_state, save_state
 
 LAST_DIR = "last"
-STATE_FILE = "state.pt"
 LOG_FILE = "log.csv"
 DONE_FILE = "done.json"
 
@@ -105,8 +105,15 @@ class SeededSamples(Dataset):
 
 
 def rng_state(augment: Any = None) -> dict:
+    """Every RNG state, as tensors (torch, CUDA) and plain numbers and lists (numpy, python,
+    the augmentation generator), so that the resume state stores it without pickle."""
     # numpy's legacy global RNG is saved (and restored below) on purpose, so that a resumed run is exact
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}  # noqa: NPY002
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()  # noqa: NPY002
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"bit_generator": str(name), "key": [int(k) for k in key], "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+             "python": {"version": int(version), "internal": [int(v) for v in internal], "gauss_next": gauss_next}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if augment is not None:
@@ -115,10 +122,21 @@ def rng_state(augment: Any = None) -> dict:
 
 
 def set_rng_state(state: dict, augment: Any = None) -> None:
+    """Restore what :func:`rng_state` returned (numpy and python states also as the tuples
+    of their ``get_state``/``getstate``)."""
     torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    if isinstance(np_state, dict):
+        np_state = (np_state["bit_generator"], np.asarray(np_state["key"], dtype=np.uint32), int(np_state["pos"]),
+                    int(np_state["has_gauss"]), float(np_state["cached_gaussian"]))
     # restore numpy's legacy global RNG on purpose (see rng_state), for an exact resume
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
+    np.random.set_state(np_state)  # noqa: NPY002
+    py_state = state["python"]
+    if isinstance(py_state, dict):
+        gauss_next = py_state["gauss_next"]
+        py_state = (int(py_state["version"]), tuple(int(v) for v in py_state["internal"]),
+                    None if gauss_next is None else float(gauss_next))
+    random.setstate(py_state)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if augment is not None and "augment" in state:
@@ -290,18 +308,33 @@ class RunLoop:
     def _load_last(self) -> None:
         last = self.run / LAST_DIR
         recover_dir(last)
-        if not (last / STATE_FILE).is_file():
+        state = read_resume_state(last)  # never unpickles; InputError naming the file on any defect
+        if state is None:
             return
         from safetensors.torch import load_file
 
-        self.model.load_state_dict(load_file(str(last / "model.safetensors"), device=str(self.device)))
-        state = torch.load(last / STATE_FILE, map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], self.augment)
-        self.history = state["history"]
-        self.best = state["best"]
-        self.start_epoch = int(state["epoch"]) + 1
+        weights = last / WEIGHTS_FILE
+        if not weights.is_file():
+            raise InputError(weights, "resume weights not found")
+        try:
+            model_state = load_file(str(weights), device=str(self.device))
+        except Exception as err:  # safetensors raises its own error types on bad files
+            raise InputError(weights, f"cannot read safetensors ({type(err).__name__}: {err})") from err
+        try:
+            self.model.load_state_dict(model_state)
+        except RuntimeError as err:
+            raise InputError(weights, f"weights do not fit this run's model: {err}") from err
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"], self.augment)
+            history, best, epoch = state["history"], state["best"], int(state["epoch"])
+            if not (isinstance(history, list) and isinstance(best, dict) and {"epoch", "score"} <= set(best)):
+                raise ValueError("'history' must be a list and 'best' an object with 'epoch' and 'score'")
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as err:
+            name = STATE_FILE if (last / STATE_FILE).is_file() else LEGACY_STATE_FILE
+            raise InputError(last / name, f"resume state does not fit this run ({type(err).__name__}: {err})") from err
+        self.history, self.best, self.start_epoch = history, best, epoch + 1
         self.log(f"resuming after epoch {state['epoch']} (best so far: epoch {self.best['epoch']}, "
                  f"{self.score_key} {self.best['score']})")
 
@@ -311,10 +344,7 @@ class RunLoop:
                  "train_config": self.cfg.to_dict()}
         with atomic_dir(self.run / LAST_DIR) as tmp:
             save_pretrained(self.model, tmp, self.extra(epoch, self.history[-1].get("val") if self.history else None))
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            with atomic_path(tmp / STATE_FILE) as p:
-                p.write_bytes(buf.getvalue())
+            save_state(tmp, state)
 
     # ------------------------------------------------------------------ steps
     def _autocast(self):
