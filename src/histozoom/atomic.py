@@ -2,6 +2,11 @@
 
 A crash (or a bad input found half-way) never leaves a half-written file under the
 final name, and an existing file is only replaced once the new one is complete.
+
+Permissions: :func:`tempfile.mkstemp` creates files with mode 0600 (and
+:func:`tempfile.mkdtemp`-style folders 0700), which a rename would keep. Outputs get the
+modes a plain ``open()`` / ``mkdir()`` would give instead: ``0o666 & ~umask`` for files,
+``0o777 & ~umask`` for folders.
 """
 
 from __future__ import annotations
@@ -16,6 +21,30 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _read_umask() -> int:
+    """The process umask. Linux exposes it in ``/proc/self/status`` (read-only, no race);
+    elsewhere it can only be read by setting it, so it is set and restored at once, at
+    import time (a file another thread creates in that instant would get umask 022 — the reason
+    to do it once, at import, before worker threads exist, and not per write)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK
+"""Mode of files written here: what ``open(path, "w")`` gives (``0o644`` under umask 022)."""
+DIR_MODE = 0o777 & ~_UMASK
+"""Mode of folders made by :func:`atomic_dir`: what ``mkdir`` gives (``0o755`` under umask 022)."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
@@ -27,6 +56,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would survive the rename
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -71,6 +101,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    os.chmod(tmp, DIR_MODE)  # as mkdir under the umask; explicit so that it does not depend on how tmp was made
     try:
         yield tmp
     except BaseException:

@@ -150,9 +150,9 @@ def test_bad_metadata_missing_entry(tmp_path, pairs):
 def test_bad_metadata_window_outside(tmp_path, pairs):
     root = _release(tmp_path, pairs)
     meta = json.loads((root / "metadata.json").read_text())
-    meta["sample_pairs"]["000"]["patch_x_offset"] = 0.98
+    meta["sample_pairs"]["000"]["patch_x_offset"] = 1.02  # the centre outside (0.98: the window crosses the border, allowed)
     (root / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(InputError, match=r"metadata\.json: sample 000: the cell window .* outside"):
+    with pytest.raises(InputError, match=r"metadata\.json: sample 000: patch_x_offset 1\.02 must be a number in \[0, 1\]"):
         OcelotRelease(root).split("train")[0]
 
 

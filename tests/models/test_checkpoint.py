@@ -136,3 +136,106 @@ def test_model_without_config_cannot_be_saved(tmp_path):
     with pytest.raises(TypeError, match="config"):
         save_pretrained(torch.nn.Linear(2, 2), tmp_path)
     assert checkpoint.CONFIG_FILE == "config.json" and checkpoint.WEIGHTS_FILE == "model.safetensors"
+
+
+# ---------------------------------------------------------------------- absurd configs are data errors
+CELL_TISSUE_TYPE = "histozoom.models.cell_tissue.CellTissueConfig"
+CHRNET_TYPE = "histozoom.models.chrnet.ChrNetConfig"
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """Building any model fails the test: a bad config must be refused before allocation."""
+    from histozoom.models import cell_tissue, chrnet
+
+    def built(*args, **kwargs):
+        raise AssertionError("the model was built from a bad config")
+
+    monkeypatch.setattr(cell_tissue.CellTissueModel, "__init__", built)
+    monkeypatch.setattr(chrnet.ChrNet, "__init__", built)
+
+
+@pytest.mark.parametrize("config_type, field, value, problem", [
+    (CELL_TISSUE_TYPE, "decoder_channels", -5, r"decoder_channels must be in \[1, 4096\], got -5"),
+    (CELL_TISSUE_TYPE, "decoder_channels", 60000, r"decoder_channels must be in \[1, 4096\], got 60000"),
+    (CELL_TISSUE_TYPE, "decoder_channels", "256", r"decoder_channels must be an integer"),
+    (CELL_TISSUE_TYPE, "decoder_channels", True, r"decoder_channels must be an integer"),
+    (CELL_TISSUE_TYPE, "encoder_name", "resnet9000", r"unknown encoder_name 'resnet9000'"),
+    (CELL_TISSUE_TYPE, "encoder_name", 34, r"encoder_name must be a string"),
+    (CELL_TISSUE_TYPE, "n_cell_classes", 10**9, r"n_cell_classes must be in \[1, 254\]"),
+    (CELL_TISSUE_TYPE, "in_channels", 0, r"in_channels must be in \[1, 64\]"),
+    (CELL_TISSUE_TYPE, "atrous_rates", [12, 24], r"atrous_rates needs 3 entries"),
+    (CELL_TISSUE_TYPE, "atrous_rates", "abc", r"atrous_rates must be a list of integers"),
+    (CELL_TISSUE_TYPE, "atrous_rates", [12, 24, 10**6], r"atrous_rates must be in \[1, 256\]"),
+    (CELL_TISSUE_TYPE, "aspp_dropout", 1.5, r"aspp_dropout must be in \[0, 1\)"),
+    (CELL_TISSUE_TYPE, "cell_dropout", "0.1", r"cell_dropout must be a number"),
+    (CELL_TISSUE_TYPE, "tissue_branch", "yes", r"tissue_branch must be true or false"),
+    (CELL_TISSUE_TYPE, "share_channels", 10**6, r"share_channels must be in \[1, 4096\]"),
+    (CELL_TISSUE_TYPE, "sharing", "both", r"sharing must be a list of 3 strings"),
+    (CELL_TISSUE_TYPE, "encoder_weights", 7, r"encoder_weights must be a string or null"),
+    (CHRNET_TYPE, "decoder_channels", [60000, 128, 64, 32, 16], r"decoder_channels must be in \[1, 4096\], got 60000"),
+    (CHRNET_TYPE, "hrfe_channels", [-1, 64], r"hrfe_channels must be in \[1, 4096\], got -1"),
+    (CHRNET_TYPE, "lunet_channels", 16, r"lunet_channels must be a list of integers"),
+    (CHRNET_TYPE, "encoder_name", "nope", r"unknown encoder_name 'nope'"),
+    (CHRNET_TYPE, "hrfe_blocks", 10**6, r"hrfe_blocks must be in \[1, 64\]"),
+    (CHRNET_TYPE, "gc_reduction", 0.5, r"gc_reduction must be an integer"),
+    (CHRNET_TYPE, "head_dropout", -0.1, r"head_dropout must be in \[0, 1\)"),
+    (CHRNET_TYPE, "global_context", 1, r"global_context must be true or false"),
+    (CHRNET_TYPE, "task_groups", [[["a"]], [[1]]], r"task_groups must be nested sequences of ints"),
+    (CHRNET_TYPE, "n_classes", -3, r"n_classes must be in \[1, 254\]"),
+])
+def test_absurd_config_is_a_named_error_before_building(tmp_path, no_build, config_type, field, value, problem):
+    import time
+    import tracemalloc
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "format": checkpoint.FORMAT, "config_type": config_type, "model_name": None,
+        "config": {field: value}, "extra": None}))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(InputError, match=problem) as exc:
+            from_pretrained(tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert exc.value.path == str(tmp_path / "config.json")
+    assert time.perf_counter() - t0 < 5 and peak < 50 * 2**20
+
+
+def test_config_that_is_not_an_object(tmp_path, no_build):
+    for config in ([1, 2], 5, "cell-only"):
+        (tmp_path / "config.json").write_text(json.dumps({"config_type": CELL_TISSUE_TYPE, "config": config}))
+        with pytest.raises(InputError, match=r"config\.json.*bad config"):
+            load_config(tmp_path)
+
+
+@pytest.mark.parametrize("name, overrides, problem", [
+    ("cell-only", {"decoder_channels": 60000}, r"decoder_channels must be in \[1, 4096\]"),
+    ("feature-sharing", {"encoder_name": "resnet9000"}, r"unknown encoder_name"),
+    ("chrnet", {"hrfe_channels": [32, 64, 10**5]}, r"hrfe_channels must be in \[1, 4096\]"),
+])
+def test_overrides_get_the_same_validation(no_build, name, overrides, problem):
+    # --model-arg values reach the config through get_config(name, **overrides)
+    from histozoom.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=problem):
+        get_config(name, **overrides)
+
+
+def test_model_arg_on_train_is_a_named_error(tmp_path, capsys, no_build):
+    from conftest import write_tiny_synthetic
+    from histozoom.cli import main
+
+    data = write_tiny_synthetic(tmp_path / "data")
+    rc = main(["train", "--data", str(data), "--model", "cell-only", "--out", str(tmp_path / "run"),
+               "--size", "64", "--epochs", "1", "--model-arg", "decoder_channels=60000"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "decoder_channels must be in [1, 4096], got 60000" in err and "Traceback" not in err
+
+
+def test_sane_configs_still_load(tmp_path):
+    cfg = CellTissueConfig(**SMALL, atrous_rates=[6, 12, 18], share_channels=None)
+    assert cfg.atrous_rates == (6, 12, 18)
+    assert CellTissueConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert get_config("chrnet", encoder_name="resnet18", hrfe_channels=[16, 32, 64]).hrfe_channels == (16, 32, 64)

@@ -2,6 +2,12 @@
 
 Each subcommand lives in its own module here, with ``register(subparsers)`` that adds
 its parser and sets ``func(args) -> int``. Modules are discovered automatically.
+
+``register`` must stay cheap: building the parser (``histozoom --help``, ``histozoom train
+--help``, an argument error) imports no torch, scipy or skimage. Heavy modules are imported
+inside the ``run`` functions; choices and help texts that come from them are cheap copies
+in :mod:`._static` (checked against their sources by the tests). Numeric options use the
+validating ``type=`` functions of :mod:`._common`.
 """
 
 from __future__ import annotations

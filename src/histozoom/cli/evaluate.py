@@ -12,22 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..evaluation import evaluate
-from ..metrics.detection import CHALLENGE_MPP, CHALLENGE_RADIUS_UM, MATCH_MODES
-from ..metrics.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
-from ._common import print_json
+from ..constants import CHALLENGE_MPP, CHALLENGE_RADIUS_UM, MATCH_MODES
+from ..metrics.stats import DEFAULT_RESAMPLES, DEFAULT_SEED  # numpy only
+from ._common import MAX_BOOTSTRAP, MAX_UM, mpp, nonnegative_int, positive_float, print_json, seed, size_pair
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or WxH, got {text!r}") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected N or WxH with positive sizes, got {text!r}")
-    return parts[0], parts[1]
+_size = size_pair()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split",
                    help="split of a dataset --gt (default: its only split, else 'test'); "
                         "image_K = K-th sample in sorted id order")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="a dataset --gt may name files outside its folder (../, absolute paths, symlinks)")
     p.add_argument("--metadata", metavar="M",
                    help="metadata JSON (list indexed by image, or a release metadata.json): organs, placements")
     p.add_argument("--tissue-masks", metavar="DIR",
@@ -55,12 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="predicted tissue masks to score (IoU, Dice); one per --pred")
     p.add_argument("--subgroups", action="store_true",
                    help="tissue-region subgroups from a dataset --gt's tissue annotations (loads all pairs)")
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, metavar="N",
+    p.add_argument("--bootstrap", type=nonnegative_int(MAX_BOOTSTRAP), default=DEFAULT_RESAMPLES, metavar="N",
                    help="bootstrap resamples of images for 95%% CIs, rank and pairwise-win probabilities "
                         "(default %(default)s as in the report; 0 = off)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed (default %(default)s)")
-    p.add_argument("--radius-um", type=float, default=CHALLENGE_RADIUS_UM, help="hit radius in µm (default %(default)s)")
-    p.add_argument("--mpp", type=float, default=None,
+    p.add_argument("--seed", type=seed, default=DEFAULT_SEED, help="bootstrap seed (default %(default)s)")
+    p.add_argument("--radius-um", type=positive_float(MAX_UM), default=CHALLENGE_RADIUS_UM,
+                   help="hit radius in µm (default %(default)s)")
+    p.add_argument("--mpp", type=mpp, default=None,
                    help=f"µm per pixel of the cell images (default: a dataset's own, else {CHALLENGE_MPP})")
     p.add_argument("--matching", choices=MATCH_MODES, default="challenge",
                    help="challenge = the official greedy rule (default); "
@@ -77,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate
+
     if args.plots and not args.out:
         print("histozoom evaluate: error: --plots needs --out DIR", file=sys.stderr)
         return 2
@@ -101,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         progress=log,
+        allow_outside_paths=args.allow_outside_paths,
     )
     if args.out:
         for path in report.write(args.out, plots=args.plots):

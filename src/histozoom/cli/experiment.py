@@ -23,42 +23,57 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import key_value, print_json
+from ..constants import PAPER_CELL_DROPOUT_GRID, PAPER_CELL_LR_RATIOS, PAPER_LR_GRID, PAPER_MODELS, SEARCH_MODES
+from ._common import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_SIDE,
+    MAX_WORKERS,
+    bounded_int,
+    key_value,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    print_json,
+    probability,
+    seed,
+)
+
+MAX_SEEDS = 1000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..training.experiment import PAPER_CELL_DROPOUT_GRID, PAPER_CELL_LR_RATIOS, PAPER_LR_GRID, PAPER_MODELS, SEARCH_MODES
-
     p = sub.add_parser("experiment", help="paper experiments: LR/dropout grids, seeds with 95%% CIs, Tables 5-7, sharing search",
                        description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="EXP")
     p.add_argument("--models", nargs="+", default=list(PAPER_MODELS), metavar="NAME", help="default: Table 5's seven models")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per model (default 5)")
+    p.add_argument("--seeds", type=positive_int(MAX_SEEDS), default=5, help="seeds per model (default 5)")
     p.add_argument("--stage", nargs="+", default=["tune", "seeds", "search", "report"],
                    choices=["tune", "seeds", "search", "report"], help="stages to run (default: all)")
     p.add_argument("--no-tune", action="store_true", help="no grid: use --lr / --cell-lr-ratio / --cell-dropout")
-    p.add_argument("--lr-grid", type=float, nargs="+", default=list(PAPER_LR_GRID), metavar="LR")
-    p.add_argument("--cell-dropout-grid", type=float, nargs="+", default=list(PAPER_CELL_DROPOUT_GRID), metavar="P")
-    p.add_argument("--cell-lr-ratios", type=float, nargs="+", default=list(PAPER_CELL_LR_RATIOS), metavar="R")
-    p.add_argument("--grid-seeds", type=int, default=1, help="seeds per grid point (default 1)")
+    p.add_argument("--lr-grid", type=positive_float(MAX_LR), nargs="+", default=list(PAPER_LR_GRID), metavar="LR")
+    p.add_argument("--cell-dropout-grid", type=probability, nargs="+", default=list(PAPER_CELL_DROPOUT_GRID), metavar="P")
+    p.add_argument("--cell-lr-ratios", type=positive_float(100.0), nargs="+", default=list(PAPER_CELL_LR_RATIOS), metavar="R")
+    p.add_argument("--grid-seeds", type=positive_int(MAX_SEEDS), default=1, help="seeds per grid point (default 1)")
     p.add_argument("--search", choices=SEARCH_MODES, default="none", help="feature-sharing search (default none)")
-    p.add_argument("--search-budget", type=int, default=16, help="configurations to try (of 64)")
-    p.add_argument("--search-eta", type=int, default=3, help="successive halving: keep 1/eta per rung")
-    p.add_argument("--search-seed", type=int, default=0)
+    p.add_argument("--search-budget", type=positive_int(MAX_SEEDS), default=16, help="configurations to try (of 64)")
+    p.add_argument("--search-eta", type=bounded_int(2, 64), default=3, help="successive halving: keep 1/eta per rung")
+    p.add_argument("--search-seed", type=seed, default=0)
     # the base training config
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--size", type=int)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4, help="with --no-tune")
-    p.add_argument("--cell-lr-ratio", type=float, default=1.0, help="with --no-tune")
-    p.add_argument("--cell-dropout", type=float, help="with --no-tune (default: the model's, 0.1)")
-    p.add_argument("--tissue-dropout", type=float)
+    p.add_argument("--epochs", type=positive_int(MAX_EPOCHS), default=300)
+    p.add_argument("--size", type=positive_int(MAX_SIDE))
+    p.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), default=8)
+    p.add_argument("--lr", type=positive_float(MAX_LR), default=1e-4, help="with --no-tune")
+    p.add_argument("--cell-lr-ratio", type=positive_float(100.0), default=1.0, help="with --no-tune")
+    p.add_argument("--cell-dropout", type=probability, help="with --no-tune (default: the model's, 0.1)")
+    p.add_argument("--tissue-dropout", type=probability)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--model-arg", type=key_value, action="append", metavar="KEY=VALUE",
                    help="model config override for every run")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--num-workers", type=int)
+    p.add_argument("--num-workers", type=nonnegative_int(MAX_WORKERS))
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="list the runs still to train; train nothing")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")

@@ -21,7 +21,24 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from ._common import print_json
+from ..constants import MISSING_MODES, OUTPUT_FORMATS
+from ._common import (
+    MAX_BATCH_SIZE,
+    MAX_COUNT,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_SIDE,
+    MAX_SYNTH,
+    MAX_WORKERS,
+    key_value,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    print_json,
+    seed,
+)
+from ._static import MODEL_NAMES, SIZE_MULTIPLES_TEXT
 
 
 def _log(cmd: str, msg: str) -> None:
@@ -40,8 +57,6 @@ def _match_iou(text: str) -> float:
 
 
 def _register_evaluate(nsub: argparse._SubParsersAction) -> None:
-    from ..evaluation.nuclei import MISSING_MODES
-
     p = nsub.add_parser(
         "evaluate",
         help="score nuclei instance maps: Dice, AJI, AJI+, DQ/SQ/PQ, per-class PQ and aPQ",
@@ -86,9 +101,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _register_synth(nsub: argparse._SubParsersAction) -> None:
     p = nsub.add_parser("synth", help="write a synthetic ccRCC grading set (ISUP nucleoli rule; train/val/test 70/10/20)")
     p.add_argument("out", metavar="OUT", help="output folder (plain layout with classes.json)")
-    p.add_argument("--n", type=int, default=100, help="number of tiles (default %(default)s)")
-    p.add_argument("--size", type=int, default=256, help="tile side in px at 0.25 um/px (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=positive_int(MAX_SYNTH), default=100, help="number of tiles (default %(default)s)")
+    p.add_argument("--size", type=positive_int(MAX_SIDE), default=256, help="tile side in px at 0.25 um/px (default %(default)s)")
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run_synth)
 
@@ -108,34 +123,34 @@ _TRAIN_FIELDS = ("data", "model", "epochs", "stop_after", "crop", "batch_size", 
 
 
 def _register_train(nsub: argparse._SubParsersAction) -> None:
-    from ..models.registry import describe_size_multiples, list_models
-    from ._common import key_value
-
     p = nsub.add_parser("train", help="train CHR-Net or a baseline (resumable; best epoch by validation aPQ)")
     p.add_argument("--data", metavar="DIR", help="nuclei dataset with train/val/test splits (e.g. from nuclei synth)")
     p.add_argument("--model", metavar="NAME",
                    help="chrnet (default), chrnet-shr, chrnet-mhr, chrnet-mhr-udist, chrnet-mhr-wdist, unet-nuclei "
-                        f"(registered: {', '.join(list_models('nuclei'))})")
+                        f"(registered: {', '.join(MODEL_NAMES['nuclei'])})")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last finished epoch")
-    p.add_argument("--epochs", type=int, help="epochs (default 50)")
-    p.add_argument("--stop-after", type=int, metavar="E", help="stop after epoch E (continue later with --resume)")
-    p.add_argument("--crop", type=int, metavar="PX",
+    p.add_argument("--epochs", type=positive_int(MAX_EPOCHS), help="epochs (default 50)")
+    p.add_argument("--stop-after", type=positive_int(MAX_EPOCHS), metavar="E",
+                   help="stop after epoch E (continue later with --resume)")
+    p.add_argument("--crop", type=positive_int(MAX_SIDE), metavar="PX",
                    help="random training crops of PX px (a multiple of the model's size multiple: "
-                        f"{describe_size_multiples('nuclei')}; default 256)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 4)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4, x0.1 half way)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--freeze-encoder-epochs", type=int, metavar="E", help="keep the encoder frozen for E epochs")
-    p.add_argument("--bn-recalibration", type=int, metavar="B", help="re-estimate BatchNorm statistics before validation")
+                        f"{SIZE_MULTIPLES_TEXT['nuclei']}; default 256)")
+    p.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), help="batch size (default 4)")
+    p.add_argument("--lr", type=positive_float(MAX_LR), help="Adam learning rate (default 1e-4, x0.1 half way)")
+    p.add_argument("--weight-decay", type=nonnegative_float(1.0))
+    p.add_argument("--freeze-encoder-epochs", type=nonnegative_int(MAX_EPOCHS), metavar="E",
+                   help="keep the encoder frozen for E epochs")
+    p.add_argument("--bn-recalibration", type=nonnegative_int(MAX_COUNT), metavar="B",
+                   help="re-estimate BatchNorm statistics before validation")
     p.add_argument("--model-arg", type=key_value, action="append", metavar="KEY=VALUE",
                    help="model config override, e.g. encoder_name=resnet18")
     p.add_argument("--loss-weight", type=key_value, action="append", metavar="TERM=W",
                    help="loss weight: bc, dist, mc1, mc2, mcf")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed)
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--max-train-batches", type=int, help="at most this many batches per epoch (smoke tests)")
+    p.add_argument("--num-workers", type=nonnegative_int(MAX_WORKERS))
+    p.add_argument("--max-train-batches", type=positive_int(MAX_COUNT), help="at most this many batches per epoch (smoke tests)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
@@ -184,8 +199,6 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # ====================================================================== predict
 def _register_predict(nsub: argparse._SubParsersAction) -> None:
-    from ..inference.nuclei_predictor import OUTPUT_FORMATS
-
     p = nsub.add_parser("predict", help="nuclei instances + classes of images: instance maps, tables, QuPath GeoJSON")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="training run folder or checkpoint folder")
     p.add_argument("--input", required=True, metavar="PATH",

@@ -21,7 +21,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import print_json
+from ._common import (
+    MAX_BATCH_SIZE,
+    MAX_SIDE,
+    MAX_UM,
+    MAX_WORKERS,
+    mpp,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    print_json,
+    probability,
+)
+from ._static import SIZE_MULTIPLES_TEXT
 
 
 def _size(text: str):
@@ -32,40 +44,41 @@ def _size(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a pixel size (a multiple of the model's size multiple) "
                                          f"or 'native', got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"size must be a positive number of pixels, got {v}")
+    if not 1 <= v <= MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"size must be a number of pixels in [1, {MAX_SIDE}], got {v}")
     return v  # the model's size multiple is checked once the checkpoint is loaded
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..models.registry import describe_size_multiples
-
     p = sub.add_parser("predict", help="detect cells with a trained model (challenge JSON, CSV folder, detections table)",
                        description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="training run folder or save_pretrained folder")
     src = p.add_argument_group("input: a dataset split, or one pair of images")
     src.add_argument("--data", metavar="DIR", help="dataset folder (OCELOT release, Grand-Challenge container, own layout)")
     src.add_argument("--split", help="split of --data (default: its only split, else 'test'; a container's is 'container')")
+    src.add_argument("--allow-outside-paths", action="store_true",
+                     help="read files that the dataset's own files name outside its folder (../, absolute paths, symlinks)")
     src.add_argument("--cell-image", metavar="IMG", help="cell view image (with --tissue-image)")
     src.add_argument("--tissue-image", metavar="IMG", help="tissue view image")
     src.add_argument("--tissue-mask", metavar="IMG", help="tissue label map (tissue-label leaking models only)")
-    src.add_argument("--offset", type=float, nargs=2, default=(0.5, 0.5), metavar=("X", "Y"),
+    src.add_argument("--offset", type=probability, nargs=2, default=(0.5, 0.5), metavar=("X", "Y"),
                      help="cell view centre as fractions of the tissue image (default 0.5 0.5)")
-    src.add_argument("--cell-mpp", type=float, default=0.2, help="µm/px of the cell image (default 0.2)")
-    src.add_argument("--tissue-mpp", type=float, default=0.8, help="µm/px of the tissue image (default 0.8)")
+    src.add_argument("--cell-mpp", type=mpp, default=0.2, help="µm/px of the cell image (default 0.2)")
+    src.add_argument("--tissue-mpp", type=mpp, default=0.8, help="µm/px of the tissue image (default 0.8)")
     out = p.add_argument_group("outputs (at least one)")
     out.add_argument("--out", metavar="P.json", help="challenge JSON (Multiple points)")
     out.add_argument("--csv", metavar="DIR", help="folder of per-image CSVs named by sample id")
     out.add_argument("--table", metavar="T.csv", help="one CSV of all detections")
     p.add_argument("--size", type=_size, metavar="PX|native",
                    help="model input size, a multiple of the model's size multiple "
-                        f"({describe_size_multiples()}; default: the training size)")
+                        f"({SIZE_MULTIPLES_TEXT['cell-tissue']}; default: the training size)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over 8 flips/rotations")
-    p.add_argument("--threshold", type=float, help="foreground probability threshold (default: the training run's, 0.5)")
-    p.add_argument("--min-distance-um", type=float, help="peak neighbourhood half-size in µm (default: the run's, 2.0)")
+    p.add_argument("--threshold", type=probability, help="foreground probability threshold (default: the training run's, 0.5)")
+    p.add_argument("--min-distance-um", type=positive_float(MAX_UM),
+                   help="peak neighbourhood half-size in µm (default: the run's, 2.0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), default=4)
+    p.add_argument("--num-workers", type=nonnegative_int(MAX_WORKERS), default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=run)
@@ -97,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         pred.peak_cfg = PeakConfig(pred.peak_cfg.min_distance_um if args.min_distance_um is None else args.min_distance_um,
                                    pred.peak_cfg.threshold if args.threshold is None else args.threshold)
     if args.data:
-        ds = open_dataset(args.data)
+        ds = open_dataset(args.data, allow_outside_paths=args.allow_outside_paths)
         split = ds.split(pick_split(ds, args.split, Path(args.data)))
         result = pred.predict_split(split, progress=not args.no_progress)
     else:

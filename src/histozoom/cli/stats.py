@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.open import open_dataset
-from ..data.stats import dataset_stats, stats_tables
-from ..reports.tables import format_table
 from ._common import print_json
 
 
@@ -15,11 +12,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="dataset folder (OCELOT release, container or own layout)")
     p.add_argument("--split", action="append", help="only these splits (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="read files that the dataset's own files name outside its folder (../, absolute paths, symlinks)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    stats = dataset_stats(open_dataset(args.dataset), args.split, progress=not args.json)
+    from ..data.open import open_dataset
+    from ..data.stats import dataset_stats, stats_tables
+    from ..reports.tables import format_table
+
+    ds = open_dataset(args.dataset, allow_outside_paths=args.allow_outside_paths)
+    stats = dataset_stats(ds, args.split, progress=not args.json)
     if args.json:
         print_json(stats.to_dict())
         return 0

@@ -6,10 +6,8 @@ import argparse
 import sys
 import time
 
-from ..data.synthetic import OCELOT_ORGANS, PRESETS, SYNTHETIC_JSON, SynthConfig
-from ..evaluation.oracles import write_synthetic_dataset
-from ..jsonio import read_json
-from ._common import print_json
+from ..constants import OCELOT_ORGANS, PRESETS
+from ._common import MAX_SIDE, MAX_SYNTH, mpp, nonnegative_int, positive_int, print_json, seed
 
 
 def register(subparsers) -> None:
@@ -25,17 +23,17 @@ def register(subparsers) -> None:
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (must be empty or new unless --overwrite)")
     p.add_argument("--preset", choices=PRESETS, default="context", help="dataset flavour (default: context)")
-    p.add_argument("--n-train", type=int, default=40, metavar="N", help="training pairs (default: 40)")
-    p.add_argument("--n-val", type=int, default=10, metavar="N", help="validation pairs (default: 10)")
-    p.add_argument("--n-test", type=int, default=10, metavar="N", help="test pairs (default: 10)")
-    p.add_argument("--cell-size", type=int, default=1024, metavar="PX",
+    p.add_argument("--n-train", type=nonnegative_int(MAX_SYNTH), default=40, metavar="N", help="training pairs (default: 40)")
+    p.add_argument("--n-val", type=nonnegative_int(MAX_SYNTH), default=10, metavar="N", help="validation pairs (default: 10)")
+    p.add_argument("--n-test", type=nonnegative_int(MAX_SYNTH), default=10, metavar="N", help="test pairs (default: 10)")
+    p.add_argument("--cell-size", type=positive_int(MAX_SIDE), default=1024, metavar="PX",
                    help="cell image side in pixels (default: 1024)")
-    p.add_argument("--tissue-size", type=int, default=1024, metavar="PX",
+    p.add_argument("--tissue-size", type=positive_int(MAX_SIDE), default=1024, metavar="PX",
                    help="tissue image side in pixels (default: 1024)")
-    p.add_argument("--cell-mpp", type=float, default=0.2, metavar="UM", help="cell image µm/px (default: 0.2)")
-    p.add_argument("--tissue-mpp", type=float, default=0.8, metavar="UM",
+    p.add_argument("--cell-mpp", type=mpp, default=0.2, metavar="UM", help="cell image µm/px (default: 0.2)")
+    p.add_argument("--tissue-mpp", type=mpp, default=0.8, metavar="UM",
                    help="tissue image µm/px, a whole multiple of --cell-mpp (default: 0.8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     p.add_argument("--organs", nargs="+", default=list(OCELOT_ORGANS), metavar="ORGAN",
                    help="organs to draw from (default: the six OCELOT organs)")
     p.add_argument("--overwrite", action="store_true", help="replace the release files in a non-empty OUT_DIR")
@@ -44,6 +42,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.synthetic import SYNTHETIC_JSON, SynthConfig
+    from ..evaluation.oracles import write_synthetic_dataset
+    from ..jsonio import read_json
+
     try:
         cfg = SynthConfig(
             preset=args.preset, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,

@@ -18,8 +18,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..models.registry import describe_size_multiples, list_models
-from ._common import key_value, print_json
+from . import _static
+from ._common import (
+    MAX_BATCH_SIZE,
+    MAX_COUNT,
+    MAX_EPOCHS,
+    MAX_LR,
+    MAX_SIDE,
+    MAX_WORKERS,
+    key_value,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    print_json,
+    probability,
+    seed,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,38 +47,43 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # every option defaults to None: only what is given overrides the config (or the saved one on --resume)
     p.add_argument("--data", metavar="DIR", help="dataset folder (OCELOT release, container, own layout)")
-    p.add_argument("--model", metavar="NAME", help=f"model variant: {', '.join(list_models())}")
+    p.add_argument("--allow-outside-paths", action="store_const", const=True,
+                   help="the dataset's files may name files outside its folder (../, absolute paths, symlinks)")
+    p.add_argument("--model", metavar="NAME", help=f"model variant: {', '.join(_static.MODEL_NAMES['cell-tissue'])}")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder")
     p.add_argument("--config", metavar="JSON", help="start from this TrainConfig JSON (options given here override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last finished epoch")
-    p.add_argument("--epochs", type=int, help="epochs (default 300, the paper's on OCELOT)")
-    p.add_argument("--stop-after", type=int, metavar="E", help="stop after epoch E (continue later with --resume)")
-    p.add_argument("--size", type=int, metavar="PX",
+    p.add_argument("--epochs", type=positive_int(MAX_EPOCHS), help="epochs (default 300, the paper's on OCELOT)")
+    p.add_argument("--stop-after", type=positive_int(MAX_EPOCHS), metavar="E",
+                   help="stop after epoch E (continue later with --resume)")
+    p.add_argument("--size", type=positive_int(MAX_SIDE), metavar="PX",
                    help="resize both views to PX x PX (a multiple of the model's size multiple: "
-                        f"{describe_size_multiples()}; default: as stored)")
-    p.add_argument("--batch-size", type=int, help="batch size per process (default 8)")
-    p.add_argument("--lr", type=float,
+                        f"{_static.SIZE_MULTIPLES_TEXT['cell-tissue']}; default: as stored)")
+    p.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), help="batch size per process (default 8)")
+    p.add_argument("--lr", type=positive_float(MAX_LR),
                    help="learning rate of the tissue branch (default 1e-4, the OCELOT 2023 challenge baseline's; "
                         "the CVPR paper tunes in [5e-5, 2e-3])")
-    p.add_argument("--cell-lr-ratio", type=float, help="cell-branch LR = lr x ratio (paper: 1 or 0.5; default 1)")
-    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 1e-5)")
-    p.add_argument("--cell-dropout", type=float, help="spatial dropout after each ResNet block of the cell branch (0.1/0.3/0.5)")
-    p.add_argument("--tissue-dropout", type=float, help="same for the tissue branch (paper: 0.1)")
-    p.add_argument("--cell-weight", type=float, help="cell loss weight (default 1)")
-    p.add_argument("--tissue-weight", type=float, help="tissue loss weight (default 1)")
+    p.add_argument("--cell-lr-ratio", type=positive_float(100.0), help="cell-branch LR = lr x ratio (paper: 1 or 0.5; default 1)")
+    p.add_argument("--weight-decay", type=nonnegative_float(1.0), help="Adam weight decay (default 1e-5)")
+    p.add_argument("--cell-dropout", type=probability,
+                   help="spatial dropout after each ResNet block of the cell branch (0.1/0.3/0.5)")
+    p.add_argument("--tissue-dropout", type=probability, help="same for the tissue branch (paper: 0.1)")
+    p.add_argument("--cell-weight", type=nonnegative_float(1000.0), help="cell loss weight (default 1)")
+    p.add_argument("--tissue-weight", type=nonnegative_float(1000.0), help="tissue loss weight (default 1)")
     p.add_argument("--no-tissue-loss", action="store_const", const=True, help="Table 7: large FoV without tissue labels")
     p.add_argument("--no-large-fov", action="store_const", const=True, help="Table 7: tissue labels without large FoV")
     p.add_argument("--no-augment", action="store_const", const=True, help="switch augmentation off")
     p.add_argument("--model-arg", type=key_value, action="append", metavar="KEY=VALUE",
                    help="model config override, e.g. encoder_name=resnet18 or sharing='[\"both\",\"none\",\"t2c\"]'")
-    p.add_argument("--bn-recalibration", type=int, metavar="B",
+    p.add_argument("--bn-recalibration", type=nonnegative_int(MAX_COUNT), metavar="B",
                    help="re-estimate BatchNorm statistics from B training batches before each validation (default 0 = off)")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--seed", type=seed, help="seed (default 0)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
-    p.add_argument("--num-workers", type=int, help="data loader workers (default: 0 on CPU, up to 8 on CUDA)")
+    p.add_argument("--num-workers", type=nonnegative_int(MAX_WORKERS),
+                   help="data loader workers (default: 0 on CPU, up to 8 on CUDA)")
     p.add_argument("--val-split", help="validation split (default val; 'none' = no validation)")
     p.add_argument("--test-split", help="test split (default test; 'none' = no test pass)")
-    p.add_argument("--max-train-batches", type=int, help="at most this many batches per epoch (smoke tests)")
+    p.add_argument("--max-train-batches", type=positive_int(MAX_COUNT), help="at most this many batches per epoch (smoke tests)")
     p.add_argument("--no-progress", action="store_const", const=True, help="no progress bars")
     p.add_argument("--no-tensorboard", action="store_const", const=True, help="no TensorBoard events")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
@@ -75,7 +95,7 @@ _FIELDS = {
     "cell_dropout": "cell_dropout", "tissue_dropout": "tissue_dropout", "cell_weight": "cell_weight",
     "tissue_weight": "tissue_weight", "no_tissue_loss": "no_tissue_loss", "no_large_fov": "no_large_fov",
     "seed": "seed", "device": "device", "bn_recalibration": "bn_recalibration", "num_workers": "num_workers",
-    "max_train_batches": "max_train_batches",
+    "max_train_batches": "max_train_batches", "allow_outside_paths": "allow_outside_paths",
 }
 
 

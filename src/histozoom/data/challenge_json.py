@@ -43,6 +43,7 @@ from ..atomic import write_json
 from ..errors import InputError
 from ..jsonio import read_json
 from ..pair import OCELOT_CELL_CLASSES, ClassSet, Points
+from .checks import excerpt
 
 CHALLENGE_IMAGE_SIZE = (1024, 1024)
 """``(width, height)`` of an OCELOT cell image: the official checker's coordinate bounds."""
@@ -144,25 +145,25 @@ def _parse_entry(
     name = e["name"]
     k = parse_image_name(name)
     if k is None:
-        raise bad(f"name {name!r} is not of the form image_K (K = 0, 1, ...)")
+        raise bad(f"name {excerpt(name)} is not of the form image_K (K = 0, 1, ...)")
     where = f"points[{i}] ({name})"
     pt = e["point"]
     if type(pt) is not list or len(pt) != 3:
-        raise bad(f"point must be a list [x, y, class], got {pt!r}")
+        raise bad(f"point must be a list [x, y, class], got {excerpt(pt)}")
     x, y, c = (_as_int(v, strict) for v in pt)
     if x is None or y is None:
-        raise bad(f"coordinates must be integers, got x={pt[0]!r}, y={pt[1]!r}")
+        raise bad(f"coordinates must be integers, got x={excerpt(pt[0])}, y={excerpt(pt[1])}")
     size = image_size_of(image_size, k)
     if size is not None and not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
         raise bad(f"point ({x}, {y}) lies outside the {size[0]}x{size[1]} image "
                   f"(0 <= x <= {size[0] - 1}, 0 <= y <= {size[1] - 1})")
     if c is None:
-        raise bad(f"class must be an integer, got {pt[2]!r}")
+        raise bad(f"class must be an integer, got {excerpt(pt[2])}")
     if class_ids is not None and c not in class_ids:
         raise bad(f"class {c} is not in the class set {sorted(class_ids)}")
     p = _as_prob(e["probability"], strict)
     if p is None:
-        raise bad(f"probability must be a {'float' if strict else 'number'}, got {e['probability']!r}")
+        raise bad(f"probability must be a {'float' if strict else 'number'}, got {excerpt(e['probability'])}")
     if not (0.0 <= p <= 1.0):
         raise bad(f"probability {p!r} is outside [0, 1]")
     return k, (x, y, c, p)
@@ -197,6 +198,34 @@ def parse_challenge_entries(
     return out, first
 
 
+MAX_IMAGES_FLOOR = 100_000
+"""``num_images`` up to this many is always believed (OCELOT's splits have 126-400 images)."""
+MAX_IMAGES_FACTOR = 10
+"""Beyond :data:`MAX_IMAGES_FLOOR`, ``num_images`` may exceed the highest image index + 1 by this factor."""
+
+
+def check_num_images_claim(num_images: int | None, indices: Iterable[int], path: str | Path | None) -> None:
+    """Reject an absurd ``num_images`` claim: more than ``max(100_000, 10 × (highest index + 1))``.
+
+    Every image of ``range(num_images)`` is evaluated (an image without points still counts,
+    e.g. for the bootstrap), so evaluation costs memory and time per *declared* image: a file
+    claiming a billion images would otherwise allocate gigabytes for images that have no
+    points. The claim is refused with an InputError naming the file rather than trimmed, so
+    scores of a file that passes are exactly those of the full claim.
+    """
+    if num_images is None:
+        return
+    highest = max(indices, default=-1)
+    bound = max(MAX_IMAGES_FLOOR, MAX_IMAGES_FACTOR * (highest + 1))
+    if num_images > bound:
+        where = f"highest image index with points is {highest}" if highest >= 0 else "no image has points"
+        raise InputError(
+            path,
+            f"num_images {num_images:,} is not believable: {where}, and at most "
+            f"max({MAX_IMAGES_FLOOR:,}, {MAX_IMAGES_FACTOR} x (highest index + 1)) = {bound:,} images are accepted",
+        )
+
+
 def parse_challenge_document(
     doc: Any,
     path: str | Path | None = None,
@@ -216,11 +245,12 @@ def parse_challenge_document(
         entries = doc["points"]
         num_images = doc.get("num_images")
         if num_images is not None and (_as_int(num_images, strict) is None or int(num_images) < 0):
-            raise InputError(path, f"num_images must be a non-negative integer, got {num_images!r}")
+            raise InputError(path, f"num_images must be a non-negative integer, got {excerpt(num_images)}")
         num_images = None if num_images is None else int(num_images)
     else:
         raise InputError(path, 'expected a JSON object with a "points" list (the challenge\'s "Multiple points" format)')
     pts, first = parse_challenge_entries(entries, path, classes=classes, image_size=image_size, strict=strict)
+    check_num_images_claim(num_images, pts, path)
     return ChallengePoints(pts, num_images, None if path is None else str(path), first)
 
 

@@ -24,7 +24,7 @@ from ..jsonio import read_json
 from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, Pair
 from .base import DatasetSpec, PairSplit
 from .io import read_rgb
-from .ocelot_release import check_box_size, placement_from_entry
+from .ocelot_release import _mpp, check_box_size, placement_from_entry
 
 CELL_TIFF = Path("images/cell_patches/000.tif")
 TISSUE_TIFF = Path("images/tissue_patches/000.tif")
@@ -97,8 +97,8 @@ class GrandChallengeContainer(PairSplit):
             tissue_image=tissue,
             placement=placement,
             organ=entry.get("organ"),
-            cell_mpp=float(entry["cell"]["resized_mpp_x"]),
-            tissue_mpp=float(entry["tissue"]["resized_mpp_x"]),
+            cell_mpp=_mpp(entry, "cell", self.metadata_path, sample_id)[0],
+            tissue_mpp=_mpp(entry, "tissue", self.metadata_path, sample_id)[0],
             meta={"slide_name": entry.get("slide_name"), "split": self.name, "index": k},
         )
 

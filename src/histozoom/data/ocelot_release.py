@@ -36,7 +36,8 @@ from ..pair import (
     Points,
 )
 from .base import DatasetSpec, PairSplit
-from .io import read_label_map, read_points_csv, read_rgb, write_image, write_points_csv
+from .checks import check_mpp
+from .io import read_image_size, read_label_map, read_points_csv, read_rgb, write_image, write_points_csv
 
 SPLITS = ("train", "val", "test")
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -54,7 +55,7 @@ def _load_metadata(path: Path) -> dict:
     return meta
 
 
-def _spec_from_metadata(meta: Mapping, name: str) -> DatasetSpec:
+def _spec_from_metadata(meta: Mapping, name: str, path: Path | None = None) -> DatasetSpec:
     classes = meta.get("classes")
     if not classes:
         return DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, name=name or "ocelot")
@@ -62,8 +63,8 @@ def _spec_from_metadata(meta: Mapping, name: str) -> DatasetSpec:
     return DatasetSpec(
         ClassSet.from_mapping(classes["cell"]),
         None if not tissue else ClassSet.from_mapping(tissue, ignore=classes.get("tissue_ignore", UNKNOWN)),
-        float(classes.get("cell_mpp", 0.2)),
-        float(classes.get("tissue_mpp", 0.8)),
+        check_mpp(classes.get("cell_mpp", 0.2), path, "classes.cell_mpp"),
+        check_mpp(classes.get("tissue_mpp", 0.8), path, "classes.tissue_mpp"),
         name,
     )
 
@@ -71,31 +72,33 @@ def _spec_from_metadata(meta: Mapping, name: str) -> DatasetSpec:
 def _mpp(entry: Mapping, view: str, path: Path, sample_id: str) -> tuple[float, float]:
     try:
         box = entry[view]
-        mx, my = float(box["resized_mpp_x"]), float(box["resized_mpp_y"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(path, f"sample {sample_id}: missing or invalid {view}.resized_mpp_x/y") from None
-    if not (mx > 0 and my > 0):
-        raise InputError(path, f"sample {sample_id}: {view} mpp must be positive, got {mx}, {my}")
+        raw = box["resized_mpp_x"], box["resized_mpp_y"]
+    except (KeyError, TypeError):
+        raise InputError(path, f"sample {sample_id}: missing {view}.resized_mpp_x/y") from None
+    mx = check_mpp(raw[0], path, f"sample {sample_id}: {view}.resized_mpp_x")
+    my = check_mpp(raw[1], path, f"sample {sample_id}: {view}.resized_mpp_y")
     return mx, my
 
 
 def placement_from_entry(entry: Mapping, cell_size, tissue_size, path: Path, sample_id: str) -> Placement:
-    """Validated placement of one metadata entry; the window must lie in the tissue image."""
+    """Validated placement of one metadata entry.
+
+    ``patch_x_offset``/``patch_y_offset`` (the window centre as fractions of the tissue
+    image) must be finite numbers in [0, 1]: the centre lies inside the tissue image,
+    while the window itself may touch or cross the image's border (the part outside
+    reads as padding). Anything else raises :class:`InputError` naming the file and sample.
+    """
     try:
-        float(entry["patch_x_offset"]), float(entry["patch_y_offset"])
+        offsets = float(entry["patch_x_offset"]), float(entry["patch_y_offset"])
     except (KeyError, TypeError, ValueError):
         raise InputError(path, f"sample {sample_id}: missing or invalid patch_x_offset/patch_y_offset") from None
+    for name, v in zip(("patch_x_offset", "patch_y_offset"), offsets):
+        if not (0.0 <= v <= 1.0):  # also False for NaN
+            raise InputError(path, f"sample {sample_id}: {name} {v!r} must be a number in [0, 1] "
+                                   "(the cell window's centre as a fraction of the tissue image)")
     _mpp(entry, "cell", path, sample_id)
     _mpp(entry, "tissue", path, sample_id)
-    p = Placement.from_ocelot_metadata(entry, cell_size, tissue_size)
-    if not p.inside_tissue(tol=1.0):
-        x0, y0, x1, y1 = p.window_int()
-        raise InputError(
-            path,
-            f"sample {sample_id}: the cell window (x {x0}..{x1}, y {y0}..{y1}) lies outside "
-            f"the {tissue_size[0]}x{tissue_size[1]} tissue image",
-        )
-    return p
+    return Placement.from_ocelot_metadata(entry, cell_size, tissue_size)
 
 
 class OcelotReleaseSplit(PairSplit):
@@ -143,12 +146,13 @@ class OcelotReleaseSplit(PairSplit):
         meta_path = self.release.metadata_path
         cell_mpp = _mpp(entry, "cell", meta_path, sample_id)
         tissue_mpp = _mpp(entry, "tissue", meta_path, sample_id)
-        cell = read_rgb(self._image("cell", sample_id))
-        tissue = read_rgb(self._image("tissue", sample_id))
-        cell_size = (cell.shape[1], cell.shape[0])
-        tissue_size = (tissue.shape[1], tissue.shape[0])
+        cell_path, tissue_path = self._image("cell", sample_id), self._image("tissue", sample_id)
+        # the metadata box says how large each image should be: check the headers before decoding
+        cell_size, tissue_size = read_image_size(cell_path), read_image_size(tissue_path)
         check_box_size(entry, "cell", cell_size, meta_path, sample_id)
         check_box_size(entry, "tissue", tissue_size, meta_path, sample_id)
+        cell = read_rgb(cell_path, size=cell_size)
+        tissue = read_rgb(tissue_path, size=tissue_size)
         placement = placement_from_entry(entry, cell_size, tissue_size, meta_path, sample_id)
         mask_path = self.tissue_png(sample_id)
         mask = read_label_map(mask_path, self.spec.tissue_classes, tissue_size) if mask_path.is_file() else None
@@ -174,8 +178,10 @@ def check_box_size(entry: Mapping, view: str, size: tuple[int, int], path: Path,
         mpp0 = float(entry["mpp_x"]), float(entry["mpp_y"])
     except (KeyError, TypeError, ValueError):
         return  # boxes are optional; the mpp alone defines the geometry
-    for axis, (s, m0, rm) in enumerate(zip(span, mpp0, (box["resized_mpp_x"], box["resized_mpp_y"]), strict=True)):
-        expected = s * m0 / float(rm)
+    for axis, m0 in zip("xy", mpp0, strict=True):
+        check_mpp(m0, path, f"sample {sample_id}: mpp_{axis}")
+    for axis, (s, m0, rm) in enumerate(zip(span, mpp0, _mpp(entry, view, path, sample_id), strict=True)):
+        expected = s * m0 / rm
         if abs(expected - size[axis]) > max(2.0, 0.02 * expected):
             raise InputError(
                 path,
@@ -192,7 +198,7 @@ class OcelotRelease:
         self.metadata_path = self.root / "metadata.json"
         self.metadata = _load_metadata(self.metadata_path)
         self.sample_pairs: dict[str, dict] = self.metadata["sample_pairs"]
-        self.spec = _spec_from_metadata(self.metadata, self.metadata.get("dataset_name", self.root.name))
+        self.spec = _spec_from_metadata(self.metadata, self.metadata.get("dataset_name", self.root.name), self.metadata_path)
 
     @property
     def splits(self) -> list[str]:

@@ -53,14 +53,19 @@ def is_dataset(path: str | Path) -> bool:
     return detect_format(path) is not None
 
 
-def open_dataset(path: str | Path) -> PairSource:
-    """The dataset at ``path``: OCELOT release layout, Grand-Challenge container, or own layout."""
+def open_dataset(path: str | Path, allow_outside_paths: bool = False) -> PairSource:
+    """The dataset at ``path``: OCELOT release layout, Grand-Challenge container, or own layout.
+
+    Paths read from the own layout's files must lie inside the dataset folder (symlinks
+    resolved) unless ``allow_outside_paths`` is true; the release and container layouts
+    take no paths from their files.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "dataset not found")
     fmt = detect_format(path)
     if fmt == "own":
-        return OwnDataset(path)
+        return OwnDataset(path, allow_outside_paths=allow_outside_paths)
     if fmt == "container":
         return _ContainerDataset(path)
     if fmt == "release":

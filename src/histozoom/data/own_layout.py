@@ -18,6 +18,11 @@
 (like OCELOT's ``patch_x_offset/patch_y_offset``). ``cell_points`` is a CSV of
 ``x,y,class`` in cell pixels; ``tissue_mask`` a label image in the tissue frame. Empty
 optional cells mean "not available". Per-row mpp columns override the file's values.
+
+Every path (``pairs:`` and the file columns) must resolve, symlinks followed, inside
+ROOT; ``../``, absolute paths and symlinks out of ROOT are refused unless the dataset is
+opened with ``allow_outside_paths=True``. Every mpp must lie in 0.01–100 µm/px
+(:func:`~histozoom.data.checks.check_mpp`).
 """
 
 from __future__ import annotations
@@ -34,9 +39,12 @@ from ..geometry import Placement
 from ..jsonio import read_json
 from ..pair import UNKNOWN, ClassSet, Pair
 from .base import DatasetSpec, PairSplit
+from .checks import check_mpp, excerpt, resolve_inside
 from .io import read_label_map, read_points_csv, read_rgb
 
 REQUIRED_COLUMNS = ("split", "id", "cell_image", "tissue_image", "centre_x", "centre_y")
+PATH_COLUMNS = ("cell_image", "tissue_image", "cell_points", "tissue_mask")
+"""Columns of ``pairs.csv`` that name files; each must resolve inside the dataset folder."""
 DESCRIPTOR_NAMES = ("dataset.yaml", "dataset.yml", "dataset.json")
 
 
@@ -67,32 +75,42 @@ class _Row:
     split: str
     id: str
     fields: dict[str, str]
+    paths: dict[str, Path]
 
 
 class OwnDataset:
-    """A dataset in the own-data layout; ``split(name)`` gives its pairs."""
+    """A dataset in the own-data layout; ``split(name)`` gives its pairs.
 
-    def __init__(self, root: str | Path):
+    Every path the descriptor and ``pairs.csv`` name must resolve (symlinks followed)
+    inside the dataset folder; ``allow_outside_paths=True`` lifts that check.
+    """
+
+    def __init__(self, root: str | Path, allow_outside_paths: bool = False):
         desc = find_descriptor(root)
         if desc is None:
             raise InputError(Path(root) / "dataset.yaml", "dataset descriptor not found")
         self.descriptor = desc
         self.root = desc.parent
+        self.allow_outside_paths = allow_outside_paths
         if desc.suffix == ".json":
             cfg = read_json(desc, "dataset descriptor")
         else:
             try:
                 cfg = yaml.safe_load(desc.read_text(encoding="utf-8"))
-            except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-                raise InputError(desc, f"cannot parse ({e})") from e
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+                raise InputError(desc, f"cannot parse YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
+            except UnicodeDecodeError as e:
+                raise InputError(desc, f"not UTF-8 text (byte {e.start})") from None
+            except OSError as e:
+                raise InputError(desc, f"cannot read ({e.strerror or type(e).__name__})") from None
         if not isinstance(cfg, dict) or "cell_classes" not in cfg:
             raise InputError(desc, "expected a mapping with at least 'cell_classes'")
         ignore = cfg.get("tissue_ignore", UNKNOWN)
         tissue = cfg.get("tissue_classes")
-        try:
-            cell_mpp, tissue_mpp = float(cfg.get("cell_mpp", 0.2)), float(cfg.get("tissue_mpp", 0.8))
-        except (TypeError, ValueError):
-            raise InputError(desc, "cell_mpp and tissue_mpp must be numbers") from None
+        cell_mpp = check_mpp(cfg.get("cell_mpp", 0.2), desc, "cell_mpp")
+        tissue_mpp = check_mpp(cfg.get("tissue_mpp", 0.8), desc, "tissue_mpp")
         self.spec = DatasetSpec(
             _classes(cfg["cell_classes"], desc, "cell_classes"),
             None if tissue is None else _classes(tissue, desc, "tissue_classes", ignore),
@@ -100,29 +118,44 @@ class OwnDataset:
             tissue_mpp,
             str(cfg.get("name", self.root.name)),
         )
-        self.index_path = self.root / str(cfg.get("pairs", "pairs.csv"))
+        self.index_path = resolve_inside(self.root, str(cfg.get("pairs", "pairs.csv")), allow_outside=allow_outside_paths,
+                                         source=desc, what="pairs")
         self.rows = self._read_index()
 
     def _read_index(self) -> list[_Row]:
         path = self.index_path
         if not path.is_file():
             raise InputError(path, "pairs index not found")
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: a byte-order mark (Excel) is skipped
+                return self._parse_index(path, csv.DictReader(fh))
+        except UnicodeDecodeError as e:
+            raise InputError(path, f"not UTF-8 text (byte {e.start})") from None
+        except csv.Error as e:
+            raise InputError(path, f"not a valid CSV ({e})") from None
+
+    def _parse_index(self, path: Path, reader: csv.DictReader) -> list[_Row]:
         rows, seen = [], set()
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(path, f"missing columns {missing} (need {list(REQUIRED_COLUMNS)})", row=1)
-            for line, rec in enumerate(reader, start=2):
-                rec = {k: (v or "").strip() for k, v in rec.items() if k is not None}
-                for c in REQUIRED_COLUMNS:
-                    if not rec.get(c):
-                        raise InputError(path, f"empty {c!r}", row=line)
-                key = (rec["split"], rec["id"])
-                if key in seen:
-                    raise InputError(path, f"duplicate pair id {rec['id']!r} in split {rec['split']!r}", row=line)
-                seen.add(key)
-                rows.append(_Row(line, rec["split"], rec["id"], rec))
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(path, f"missing columns {missing} (need {list(REQUIRED_COLUMNS)})", row=1)
+        for line, rec in enumerate(reader, start=2):
+            rec = {k: (v or "").strip() for k, v in rec.items() if k is not None}
+            for c in REQUIRED_COLUMNS:
+                if not rec.get(c):
+                    raise InputError(path, f"empty {c!r}", row=line)
+            key = (rec["split"], rec["id"])
+            if key in seen:
+                raise InputError(path, f"duplicate pair id {excerpt(rec['id'])} in split {excerpt(rec['split'])}",
+                                 row=line)
+            seen.add(key)
+            paths = {c: resolve_inside(self.root, rec[c], allow_outside=self.allow_outside_paths, source=path, row=line,
+                                       what=c)
+                     for c in PATH_COLUMNS if rec.get(c)}
+            for c in ("cell_mpp", "tissue_mpp"):
+                if rec.get(c):
+                    check_mpp(rec[c], path, c, row=line)
+            rows.append(_Row(line, rec["split"], rec["id"], rec, paths))
         return rows
 
     @property
@@ -154,17 +187,21 @@ class OwnSplit(PairSplit):
         try:
             return float(value)
         except ValueError:
-            raise InputError(self.dataset.index_path, f"{key}={value!r} is not a number", row=row.line) from None
+            raise InputError(self.dataset.index_path, f"{key}={excerpt(value)} is not a number", row=row.line) from None
+
 
     def load(self, sample_id: str) -> Pair:
         row = self._rows.get(sample_id)
         if row is None:
             raise InputError(self.dataset.index_path, f"no pair {sample_id!r} in split {self.name!r}")
-        root, spec, f = self.dataset.root, self.spec, row.fields
-        cell = read_rgb(root / f["cell_image"])
-        tissue = read_rgb(root / f["tissue_image"])
-        cell_mpp = self._float(row, "cell_mpp", spec.cell_mpp)
-        tissue_mpp = self._float(row, "tissue_mpp", spec.tissue_mpp)
+        spec, f = self.spec, row.fields
+        cell_p, tissue_p = row.paths["cell_image"], row.paths["tissue_image"]
+        points_p, mask_p = row.paths.get("cell_points"), row.paths.get("tissue_mask")
+        index = self.dataset.index_path
+        cell_mpp = check_mpp(f["cell_mpp"], index, "cell_mpp", row.line) if f.get("cell_mpp") else spec.cell_mpp
+        tissue_mpp = check_mpp(f["tissue_mpp"], index, "tissue_mpp", row.line) if f.get("tissue_mpp") else spec.tissue_mpp
+        cell = read_rgb(cell_p)
+        tissue = read_rgb(tissue_p)
         cell_size, tissue_size = (cell.shape[1], cell.shape[0]), (tissue.shape[1], tissue.shape[0])
         centre = (self._float(row, "centre_x"), self._float(row, "centre_y"))
         placement = Placement.from_centre(centre, cell_size, tissue_size, cell_mpp, tissue_mpp)
@@ -172,12 +209,12 @@ class OwnSplit(PairSplit):
             raise InputError(self.dataset.index_path,
                              f"pair {sample_id}: cell window {placement.window_int()} lies outside the tissue image",
                              row=row.line)
-        points = read_points_csv(root / f["cell_points"], spec.cell_classes, cell_size) if f.get("cell_points") else None
+        points = read_points_csv(points_p, spec.cell_classes, cell_size) if points_p is not None else None
         mask = None
-        if f.get("tissue_mask"):
+        if mask_p is not None:
             if spec.tissue_classes is None:
                 raise InputError(self.dataset.descriptor, "tissue masks given but no tissue_classes declared")
-            mask = read_label_map(root / f["tissue_mask"], spec.tissue_classes, tissue_size)
+            mask = read_label_map(mask_p, spec.tissue_classes, tissue_size)
         return Pair(
             id=sample_id, cell_image=cell, tissue_image=tissue, placement=placement,
             cell_points=points, tissue_mask=mask, organ=f.get("organ") or None,

@@ -83,14 +83,13 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..config_fields import DictConfig
+from ..constants import OCELOT_ORGANS, PRESETS
 from ..errors import InputError
 from ..geometry import Placement
 from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, UNKNOWN, Pair, Points
 from .base import DatasetSpec
 from .ocelot_release import SPLITS, OcelotReleaseWriter, ocelot_entry
 
-OCELOT_ORGANS = ("kidney", "head-and-neck", "prostate", "stomach", "endometrium", "bladder")
-PRESETS = ("context", "simple")
 BC, TC = 1, 2
 BG, CA = 1, 2
 SYNTHETIC_JSON = "synthetic.json"

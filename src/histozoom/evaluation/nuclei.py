@@ -62,6 +62,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..atomic import atomic_open, write_json
+from ..constants import MISSING_MODES
 from ..data.io import read_npy
 from ..data.nuclei.consep import consep_classes, read_consep_labels
 from ..data.nuclei.folder import read_class_file
@@ -84,7 +85,6 @@ __all__ = [
     "evaluate_samples",
 ]
 
-MISSING_MODES = ("error", "empty")
 LABEL_SUFFIXES = (".mat", ".npy")
 CONSEP_LABEL_DIRS = ("masks", "Labels", "labels")
 

@@ -210,6 +210,7 @@ def evaluate(
     seed: int | None = DEFAULT_SEED,
     level: float = 0.95,
     progress: Callable[[str], None] | None = None,
+    allow_outside_paths: bool = False,
 ) -> EvaluationReport:
     """Score prediction set(s) against one ground truth.
 
@@ -225,6 +226,7 @@ def evaluate(
     ``{name: source}`` or a list in method order. ``bootstrap``: number of
     image resamples (default 10,000 as in the report; 0 = none), ``seed`` for
     ``np.random.default_rng``; with several methods the same resamples serve all of them.
+    ``allow_outside_paths``: a dataset folder ``gt`` may name files outside itself.
     """
     if mode not in MATCH_MODES:
         raise ValueError(f"mode must be one of {MATCH_MODES}, got {mode!r}")
@@ -232,7 +234,8 @@ def evaluate(
     if not isinstance(gt, PointSet):
         gt = load_ground_truth(gt, split=split, classes=classes, image_size=image_size,
                                strict=strict, metadata=metadata, tissue_masks=tissue_masks,
-                               tissue_classes=tissue_classes, placements=placements, with_pairs=bool(subgroups))
+                               tissue_classes=tissue_classes, placements=placements, with_pairs=bool(subgroups),
+                               allow_outside_paths=allow_outside_paths)
     classes = classes or gt.classes or OCELOT_CELL_CLASSES
     sizes: ImageSize = image_size or gt.image_sizes or CHALLENGE_IMAGE_SIZE
     warnings = list(gt.warnings)

@@ -26,6 +26,7 @@ from ..data.challenge_json import (
     CHALLENGE_IMAGE_SIZE,
     ChallengePoints,
     ImageSize,
+    check_num_images_claim,
     image_name,
     image_size_of,
     parse_image_name,
@@ -224,9 +225,10 @@ def split_ground_truth(split: PairSplit, visit: Callable[[int, Pair], None] | No
     return out
 
 
-def _load_dataset(path: Path, split: str | None, classes: ClassSet | None, image_size: ImageSize, with_pairs: bool) -> PointSet:
+def _load_dataset(path: Path, split: str | None, classes: ClassSet | None, image_size: ImageSize, with_pairs: bool,
+                  allow_outside_paths: bool = False) -> PointSet:
     """Ground truth of one split of the dataset at ``path`` (see :func:`load_ground_truth`)."""
-    ds = open_dataset(path)
+    ds = open_dataset(path, allow_outside_paths=allow_outside_paths)
     name = pick_split(ds, split, path)
     sp = ds.split(name)
     spec = sp.spec
@@ -352,6 +354,7 @@ def load_ground_truth(
     tissue_classes: ClassSet | None = None,
     placements: Mapping[int, Placement] | None = None,
     with_pairs: bool = False,
+    allow_outside_paths: bool = False,
 ) -> PointSet:
     """Ground truth with what the analyses need.
 
@@ -363,14 +366,17 @@ def load_ground_truth(
     pairs are loaded) -- placements and tissue masks. For other sources: ``metadata`` (a
     file or entries per image) gives organs and placements, ``tissue_masks`` (a folder
     named by image, or a mapping) the tissue-frame masks; ``placements`` may also be
-    given directly.
+    given directly. ``allow_outside_paths``: a dataset folder may name files outside
+    itself (:func:`~histozoom.data.open.open_dataset`).
     """
     if _is_dataset_folder(source):
-        gt = _load_dataset(Path(source), split, classes, image_size, with_pairs or tissue_masks is not None)  # type: ignore[arg-type]
+        gt = _load_dataset(Path(source), split, classes, image_size,  # type: ignore[arg-type]
+                           with_pairs or tissue_masks is not None, allow_outside_paths)
     else:
         gt = load_points(source, classes=classes or OCELOT_CELL_CLASSES, image_size=image_size or CHALLENGE_IMAGE_SIZE,
                          strict=strict, split=split, label="<ground truth>")
         gt.classes = gt.classes or classes or OCELOT_CELL_CLASSES
+        check_num_images_claim(gt.num_images, set(gt.points) | set(gt.names), gt.source)
         beyond = sorted(k for k in gt.points if gt.num_images is not None and k >= gt.num_images)
         if beyond:
             problem = f"{gt.entry_ref(beyond[0])}: image index {beyond[0]} >= num_images {gt.num_images}"

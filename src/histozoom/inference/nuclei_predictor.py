@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_open, write_text
+from ..constants import NUCLEI_OUTPUT_NAMES, OUTPUT_FORMATS
 from ..data.nuclei.consep import write_consep_mat
 from ..data.nuclei.records import NucleiSample
 from ..data.samples import image_tensor
@@ -54,10 +55,8 @@ from .watershed import (
 
 __all__ = ["NucleiPrediction", "NucleiPredictor", "OUTPUT_FORMATS"]
 
-OUTPUT_NAMES = {"npy": "{id}_instances.npy", "tif": "{id}_instances.tif", "csv": "{id}_nuclei.csv",
-                "geojson": "{id}.geojson", "mat": "{id}.mat"}
+OUTPUT_NAMES = NUCLEI_OUTPUT_NAMES
 """File name per output format of :meth:`NucleiPrediction.write`."""
-OUTPUT_FORMATS = tuple(OUTPUT_NAMES)
 
 
 @dataclass

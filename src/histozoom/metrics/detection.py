@@ -66,18 +66,16 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from ..constants import CHALLENGE_MPP, CHALLENGE_RADIUS_UM, MATCH_MODES
 from ..pair import OCELOT_CELL_CLASSES, ClassSet, Points
 from .counts import PerImageCounts
 
 MatchMode = Literal["challenge", "hungarian"]
-MATCH_MODES: tuple[str, ...] = ("challenge", "hungarian")
 MODE_LABELS = {
     "challenge": "challenge (greedy by probability, nearest unmatched GT; the OCELOT 2023 rule)",
     "hungarian": "hungarian (optimal one-to-one matching; NOT the challenge's metric)",
 }
 
-CHALLENGE_RADIUS_UM = 3.0
-CHALLENGE_MPP = 0.2
 CHALLENGE_EPS = 1e-7
 """The official scorer's denominator offset."""
 

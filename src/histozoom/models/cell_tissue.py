@@ -52,13 +52,26 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ..config_fields import DictConfig
+from ..config_fields import (
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_IN_CHANNELS,
+    DictConfig,
+    bool_problem,
+    encoder_problem,
+    int_problem,
+    ints_problem,
+    prob_problem,
+    str_problem,
+)
+from ..errors import ConfigError
 from ..geometry import Placement, cell_to_tissue, tissue_to_cell, window_tensor
 from .branch import POSITIONS, DeepLabBranch, StagedRun
 from .unet import UNetBranch
@@ -149,22 +162,43 @@ class CellTissueConfig(DictConfig):
     tissue_supervised: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "atrous_rates", tuple(int(r) for r in self.atrous_rates))
-        object.__setattr__(self, "sharing", tuple(str(s) for s in self.sharing))
-        if self.encoder_weights is not None:
+        # lists (JSON) become tuples; anything else is left for _problems to name
+        for f in ("atrous_rates", "sharing"):
+            if isinstance(getattr(self, f), list):
+                object.__setattr__(self, f, tuple(getattr(self, f)))
+        if isinstance(self.encoder_weights, os.PathLike):
             object.__setattr__(self, "encoder_weights", str(self.encoder_weights))
-        problems = list(self._problems())
+        problems = [p for p in self._field_problems() if p]
+        if not problems:  # the combination checks assume well-typed fields
+            problems = list(self._problems())
         if problems:
-            raise ValueError(f"CellTissueConfig {self.name!r}: " + "; ".join(problems))
+            raise ConfigError(f"CellTissueConfig {self.name!r}: " + "; ".join(problems))
+
+    def _field_problems(self) -> Iterable[str | None]:
+        """Each field's type and range, checked before anything is built (a checkpoint's
+        ``config.json`` and ``--model-arg`` values are data). Bounds: :mod:`histozoom.config_fields`."""
+        yield str_problem("name", self.name)
+        yield str_problem("architecture", self.architecture)
+        for f in ("n_cell_classes", "n_tissue_classes"):
+            yield int_problem(f, getattr(self, f), 1, MAX_CLASSES)
+        yield int_problem("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
+        yield encoder_problem("encoder_name", self.encoder_name)
+        yield str_problem("encoder_weights", self.encoder_weights, optional=True)
+        yield int_problem("decoder_channels", self.decoder_channels, 1, MAX_CHANNELS)
+        yield ints_problem("atrous_rates", self.atrous_rates, 1, 256, lengths=(3,))
+        for f in ("aspp_dropout", "cell_dropout", "tissue_dropout"):
+            yield prob_problem(f, getattr(self, f))
+        for f in ("tissue_branch", "leak_tissue_labels", "tissue_supervised"):
+            yield bool_problem(f, getattr(self, f))
+        yield str_problem("inject", self.inject, optional=True)
+        if not isinstance(self.sharing, tuple) or not all(isinstance(s, str) for s in self.sharing):
+            yield f"sharing must be a list of {len(SHARE_POSITIONS)} strings from {SHARE_MODES}, got {self.sharing!r}"
+        yield int_problem("share_channels", self.share_channels, 1, MAX_CHANNELS, optional=True)
+        yield str_problem("tissue_input", self.tissue_input)
 
     def _problems(self) -> Iterable[str]:
         if self.architecture not in ARCHITECTURES:
             yield f"architecture must be one of {tuple(ARCHITECTURES)}, got {self.architecture!r}"
-        if self.n_cell_classes < 1 or self.n_tissue_classes < 1 or self.in_channels < 1:
-            yield "class and channel counts must be >= 1"
-        for label, p in (("cell_dropout", self.cell_dropout), ("tissue_dropout", self.tissue_dropout)):
-            if not 0.0 <= p < 1.0:
-                yield f"{label} must be in [0, 1), got {p}"
         if self.inject is not None and self.inject not in POSITIONS:
             yield f"inject must be None or one of {POSITIONS}, got {self.inject!r}"
         if len(self.sharing) != len(SHARE_POSITIONS) or any(s not in SHARE_MODES for s in self.sharing):
@@ -175,8 +209,6 @@ class CellTissueConfig(DictConfig):
             yield "inject needs the whole tissue prediction before the cell branch runs, so no c2t sharing"
         if self.architecture == "unet" and (self.inject not in (None, "input") or any(s != "none" for s in self.sharing)):
             yield "the U-Net branch takes extra channels at 'input' only (no inter/output injection, no sharing)"
-        if self.share_channels is not None and self.share_channels < 1:
-            yield f"share_channels must be None or >= 1, got {self.share_channels}"
         if self.tissue_input not in ("tissue", "cell"):
             yield f"tissue_input must be 'tissue' or 'cell', got {self.tissue_input!r}"
         if self.tissue_input == "cell" and not (self.tissue_branch or self.leak_tissue_labels):

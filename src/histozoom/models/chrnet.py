@@ -77,6 +77,7 @@ Task targets come from the class map through ``task_groups``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +90,19 @@ from segmentation_models_pytorch.base import initialization as smp_init
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torchvision.models.resnet import BasicBlock
 
-from ..config_fields import DictConfig
+from ..config_fields import (
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_IN_CHANNELS,
+    DictConfig,
+    bool_problem,
+    encoder_problem,
+    int_problem,
+    ints_problem,
+    prob_problem,
+    str_problem,
+)
+from ..errors import ConfigError
 from .branch import build_encoder, encoder_size_multiple
 
 __all__ = [
@@ -192,15 +205,37 @@ class ChrNetConfig(DictConfig):
         try:
             object.__setattr__(self, "task_groups", tuple(tuple(tuple(int(c) for c in g) for g in t)
                                                          for t in self.task_groups))
-        except TypeError as err:
-            raise ValueError(f"ChrNetConfig {self.name!r}: task_groups must be nested sequences of ints ({err})") from None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"ChrNetConfig {self.name!r}: task_groups must be nested sequences of ints ({err})") from None
         for f in ("task_aux_scales", "decoder_channels", "lunet_channels", "hrfe_channels"):
-            object.__setattr__(self, f, tuple(int(v) for v in getattr(self, f)))
-        if self.encoder_weights is not None:
+            if isinstance(getattr(self, f), list):  # JSON; anything else is left for _field_problems to name
+                object.__setattr__(self, f, tuple(getattr(self, f)))
+        if isinstance(self.encoder_weights, os.PathLike):
             object.__setattr__(self, "encoder_weights", str(self.encoder_weights))
-        problems = list(self._problems())
+        problems = [p for p in self._field_problems() if p]
+        if not problems:  # the combination checks assume well-typed fields
+            problems = list(self._problems())
         if problems:
-            raise ValueError(f"ChrNetConfig {self.name!r}: " + "; ".join(problems))
+            raise ConfigError(f"ChrNetConfig {self.name!r}: " + "; ".join(problems))
+
+    def _field_problems(self) -> Iterable[str | None]:
+        """Each field's type and range, checked before anything is built (a checkpoint's
+        ``config.json`` and ``--model-arg`` values are data). Bounds: :mod:`histozoom.config_fields`."""
+        for f in ("name", "architecture", "classification", "segmentation"):
+            yield str_problem(f, getattr(self, f))
+        yield int_problem("n_classes", self.n_classes, 1, MAX_CLASSES)
+        yield int_problem("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
+        yield ints_problem("task_aux_scales", self.task_aux_scales, 1, max(AUX_SCALES))
+        yield encoder_problem("encoder_name", self.encoder_name)
+        yield str_problem("encoder_weights", self.encoder_weights, optional=True)
+        for f in ("encoder_dropout", "head_dropout"):
+            yield prob_problem(f, getattr(self, f))
+        yield bool_problem("global_context", self.global_context)
+        yield int_problem("gc_reduction", self.gc_reduction, 1, MAX_CHANNELS)
+        for f in ("decoder_channels", "lunet_channels", "hrfe_channels"):
+            yield ints_problem(f, getattr(self, f), 1, MAX_CHANNELS)
+        yield int_problem("hrfe_blocks", self.hrfe_blocks, 1, 64)
+        yield int_problem("hrfe_stages", self.hrfe_stages, 1, 64)
 
     def _problems(self) -> Iterable[str]:
         for field, allowed in (("architecture", ARCHITECTURES), ("classification", CLASSIFICATIONS),

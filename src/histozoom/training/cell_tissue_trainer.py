@@ -82,7 +82,7 @@ class Trainer(RunLoop):
     test_predictions = TEST_PREDICTIONS
 
     def setup(self) -> None:
-        ds = open_dataset(self.cfg.data)
+        ds = open_dataset(self.cfg.data, allow_outside_paths=self.cfg.allow_outside_paths)
         self.spec: DatasetSpec = ds.spec
         if self.cfg.train_split not in ds.splits:
             raise InputError(self.cfg.data, f"split {self.cfg.train_split!r} not found (available: {', '.join(ds.splits)})")

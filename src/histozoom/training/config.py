@@ -165,7 +165,8 @@ class TrainConfig(RunConfig):
     ``train_split``/``val_split``/``test_split`` (``test_split=None``: no test pass),
     ``size`` (resize both views to ``size``×``size`` px; a multiple of the model's
     ``size_multiple`` — 16 for the DeepLabV3+ variants, 32 for ``unet-cell-only``;
-    ``None`` keeps the stored size), ``augment``.
+    ``None`` keeps the stored size), ``augment``, ``allow_outside_paths`` (the dataset's
+    files may name files outside its folder; off by default, saved with the run).
 
     Model: ``model`` (registry name), ``model_overrides`` (``CellTissueConfig`` fields),
     ``cell_dropout``/``tissue_dropout`` (``None`` keeps the variant's default: 0.1),
@@ -195,6 +196,7 @@ class TrainConfig(RunConfig):
     """
 
     size: int | None = None
+    allow_outside_paths: bool = False
 
     cell_dropout: float | None = None
     tissue_dropout: float | None = None

@@ -49,6 +49,7 @@ import numpy as np
 
 from ..atomic import write_json, write_text
 from ..config_fields import DictConfig
+from ..constants import PAPER_CELL_DROPOUT_GRID, PAPER_CELL_LR_RATIOS, PAPER_LR_GRID, PAPER_MODELS, SEARCH_MODES
 from ..errors import InputError
 from ..models.cell_tissue import SHARE_MODES, all_sharing_configs
 from ..reports.tables import format_table
@@ -56,13 +57,6 @@ from .cell_tissue_trainer import train
 from .config import TRAIN_CONFIG_FILE, TrainConfig
 from .loop import read_done
 
-PAPER_MODELS = ("cell-only", "pred-to-input", "pred-to-inter-1", "pred-to-inter-2", "pred-to-output",
-                "feature-sharing", "tissue-label-leaking")
-"""Table 5's rows, in its order."""
-PAPER_LR_GRID = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3)
-PAPER_CELL_DROPOUT_GRID = (0.1, 0.3, 0.5)
-PAPER_CELL_LR_RATIOS = (1.0, 0.5)
-SEARCH_MODES = ("none", "random", "halving")
 FAILED_FILE = "failed.json"
 EXPERIMENT_FILE = "experiment.json"
 

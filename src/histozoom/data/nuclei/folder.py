@@ -24,6 +24,7 @@ from ...atomic import atomic_open, write_json, write_text
 from ...errors import InputError
 from ...jsonio import read_json
 from ...pair import ClassSet
+from ..checks import check_mpp
 from ..io import read_image, read_npy, read_rgb, write_image
 from .records import (
     IMAGE_EXTS,
@@ -88,8 +89,10 @@ def read_class_file(path: str | Path) -> tuple[NucleiClassScheme, float | None]:
 
         try:
             d = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except Exception as e:
-            raise InputError(path, f"cannot parse ({type(e).__name__}: {e})") from e
+        except Exception as e:  # a YAMLError message quotes the offending line: give only where
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise InputError(path, f"cannot parse ({type(e).__name__}{where})") from None
     mpp = None
     try:
         if isinstance(d, list):
@@ -97,9 +100,7 @@ def read_class_file(path: str | Path) -> tuple[NucleiClassScheme, float | None]:
         elif isinstance(d, Mapping) and "classes" in d:
             scheme = NucleiClassScheme.from_dict({"name": d.get("name", path.parent.name), **d})
             if d.get("mpp") is not None:
-                mpp = float(d["mpp"])
-                if not mpp > 0:
-                    raise ValueError(f"mpp must be > 0, got {mpp}")
+                mpp = check_mpp(d["mpp"], path, "mpp")
         elif isinstance(d, Mapping) and d:
             scheme = NucleiClassScheme(path.parent.name, ClassSet.from_mapping(d))
         else:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import InputError
+from ..checks import excerpt
 from ..io import read_rgb
 from .records import NucleiSample, check_instance_map, format_wh
 
@@ -42,7 +43,7 @@ def read_miccai_mask(path: str | Path) -> np.ndarray:
     try:
         w, h = (int(t) for t in header)
     except ValueError:
-        raise InputError(path, f"first line must be 'width height', got {b' '.join(header)[:60]!r}", row=1) from None
+        raise InputError(path, f"first line must be 'width height', got {excerpt(b' '.join(header))}", row=1) from None
     if w <= 0 or h <= 0:
         raise InputError(path, f"bad size {w}x{h} in the header", row=1)
     tokens = body.split()
