@@ -10,6 +10,7 @@ import csv
 import math
 import os
 import re
+import tokenize
 import warnings
 from pathlib import Path
 
@@ -158,8 +159,8 @@ def read_npy(path: str | Path) -> np.ndarray:
         raise InputError(path, "file not found")
     try:
         arr = np.load(path, allow_pickle=False)  # object arrays and pickles raise ValueError
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(path, f"cannot read .npy ({type(e).__name__}: {e})") from e
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError, tokenize.TokenError) as e:  # a damaged header
+        raise InputError(path, f"cannot read .npy ({type(e).__name__}: {excerpt(str(e))})") from e
     if not isinstance(arr, np.ndarray):  # np.load opens an .npz archive whatever the file's name
         arr.close()
         raise InputError(path, "not a .npy array (an .npz archive)")
