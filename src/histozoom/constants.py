@@ -7,6 +7,11 @@ from here.
 
 from __future__ import annotations
 
+# image geometry (histozoom.data.checks, the command line's --mpp)
+MPP_RANGE = (0.01, 100.0)
+"""Accepted microns per pixel, both ends included: from far beyond any optical scanner's
+finest resolution (0.01 µm/px) to a whole-slide thumbnail (100 µm/px)."""
+
 # OCELOT 2023 challenge metric (histozoom.metrics.detection)
 MATCH_MODES: tuple[str, ...] = ("challenge", "hungarian")
 """Matching rules: the challenge's greedy rule, and an optimal one-to-one matching."""

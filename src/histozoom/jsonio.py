@@ -1,4 +1,4 @@
-"""JSON in and out: one reader that names the file on every failure, and one converter
+"""Text and JSON in and out: readers that name the file on every failure, and one converter
 that turns results (numpy scalars and arrays, tuples, paths, NaN) into strict JSON.
 
 JSON has no NaN: an undefined score (NaN) is written as ``null``.
@@ -23,16 +23,22 @@ def read_json(path: str | Path, what: str = "JSON") -> Any:
     are not UTF-8, or invalid JSON (with line and column). ``what`` names the expected
     content in the messages (e.g. ``"metadata"``).
     """
+    return parse_json(read_text(path, what), path, what)
+
+
+def read_text(path: str | Path, what: str = "text", encoding: str = "utf-8") -> str:
+    """The text of ``path``; a missing or unreadable file, or bytes that are not valid in
+    ``encoding`` (``"utf-8-sig"`` also skips a byte-order mark), raise :class:`InputError`
+    naming the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, f"{what} file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
     except UnicodeDecodeError as e:
         raise InputError(path, f"{what} file is not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise InputError(path, f"cannot read {what} file ({e.strerror or e})") from None
-    return parse_json(text, path, what)
 
 
 def parse_json(text: str, path: str | Path | None = None, what: str = "JSON") -> Any:

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..constants import MPP_RANGE
 from ..jsonio import jsonable
 
 # ---------------------------------------------------------------------- bounds of numeric options
@@ -33,8 +34,8 @@ MAX_BOOTSTRAP = 1_000_000
 """Bootstrap resamples (0 = off); 10x the report's 10,000 and still a few GiB at most."""
 MAX_SEED = 2**32 - 1
 """numpy's ``SeedSequence`` range for a plain int seed."""
-MAX_MPP = 100.0
-"""µm per pixel (0.2 at 40x; 100 is a heavily down-sampled overview)."""
+MAX_MPP = MPP_RANGE[1]
+"""µm per pixel (0.2 at 40x; 100 is a heavily down-sampled overview): the readers' upper bound."""
 MAX_UM = 1000.0
 """Distances in µm (hit radius, peak distance): 1 mm."""
 MAX_LR = 10.0

@@ -1,17 +1,17 @@
 """Checks every reader shares: paths taken from data files stay inside their dataset,
-microns per pixel are sane, and error messages quote file content only as a short excerpt."""
+microns per pixel are sane, class sets are well formed, and error messages quote file
+content only as a short excerpt."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+from ..constants import MPP_RANGE
 from ..errors import InputError
-
-MPP_RANGE = (0.01, 100.0)
-"""Accepted microns per pixel, both ends included: from far beyond any optical scanner's
-finest resolution (0.01 µm/px) to a whole-slide thumbnail (100 µm/px)."""
+from ..pair import ClassSet
 
 EXCERPT_CHARS = 40
 """At most this many characters of a file's content appear in an error message."""
@@ -83,3 +83,22 @@ def check_mpp(value: object, source: str | Path | None, what: str = "mpp", row: 
     if not math.isfinite(mpp) or not lo <= mpp <= hi:
         raise InputError(source, f"{what} must be a finite number in {lo:g}..{hi:g} µm/px, got {mpp!r}", row=row)
     return mpp
+
+
+def class_set(value: object, path: str | Path | None, key: str, ignore: object = None,
+              ignore_key: str = "tissue_ignore", names_ok: bool = False) -> ClassSet:
+    """A class set read from a data file: ``{id: name}`` (ids may be JSON strings) or, with
+    ``names_ok``, a list of names numbered 1, 2, ...; ``ignore`` (the label value ignored in
+    losses and metrics) an integer in [0, 255] or ``None``. Anything else is an InputError
+    naming the file and ``key`` (or ``ignore_key``)."""
+    if ignore is not None and (isinstance(ignore, bool) or not isinstance(ignore, int) or not 0 <= ignore <= 255):
+        raise InputError(path, f"{ignore_key} must be an integer in [0, 255] or null, got {excerpt(ignore)}")
+    try:
+        if isinstance(value, Mapping) and value:
+            return ClassSet.from_mapping(value, ignore)
+        if names_ok and isinstance(value, list) and value:
+            return ClassSet.from_names([str(v) for v in value], ignore)
+    except (TypeError, ValueError) as e:
+        raise InputError(path, f"{key}: {e}") from None
+    expected = "a non-empty list of names or a mapping id -> name" if names_ok else "a non-empty mapping id -> name"
+    raise InputError(path, f"{key}: expected {expected}, got {excerpt(value)}")

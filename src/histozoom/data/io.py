@@ -7,6 +7,7 @@ Images are ``(H, W, 3)`` uint8 RGB; label maps ``(H, W)`` uint8; point CSVs have
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -20,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..atomic import atomic_open, atomic_path
 from ..errors import ConfigError, InputError
+from ..jsonio import read_text
 from ..pair import ClassSet, Points
 from .checks import excerpt
 
@@ -205,8 +207,8 @@ def read_label_map(
 
 
 def check_size(path: str | Path, arr: np.ndarray, size: tuple[int, int] | None) -> None:
-    if size is not None and (arr.shape[1], arr.shape[0]) != tuple(size):
-        raise InputError(path, f"image is {arr.shape[1]}x{arr.shape[0]} px, expected {size[0]}x{size[1]}")
+    """``arr`` (H, W, ...) must be ``size = (width, height)`` px (when given)."""
+    _check_header_size(Path(path), arr.shape[1], arr.shape[0], size)
 
 
 def read_points_csv(path: str | Path, classes: ClassSet | None = None, size: tuple[int, int] | None = None) -> Points:
@@ -216,32 +218,30 @@ def read_points_csv(path: str | Path, classes: ClassSet | None = None, size: tup
     not in ``classes``, points outside ``size = (width, height)``, prob outside [0, 1].
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
+    text = read_text(path, "points CSV", encoding="utf-8-sig")  # utf-8-sig: a byte-order mark (Excel) is skipped
     rows: list[tuple[float, float, int, float]] = []
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: a byte-order mark (Excel) is skipped
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if lineno == 1 and row[0].strip().lower() in ("x", "x_coord"):
-                continue
-            if len(row) not in (3, 4):
-                raise InputError(path, f"expected columns x,y,class[,prob], got {len(row)}: {excerpt(','.join(row))}", row=lineno)
-            try:
-                x, y = float(row[0]), float(row[1])
-                c = int(row[2])
-                p = float(row[3]) if len(row) == 4 else 1.0
-            except ValueError:
-                raise InputError(path, f"cannot parse x,y,class[,prob] from {excerpt(','.join(row))}", row=lineno) from None
-            if not (np.isfinite(x) and np.isfinite(y)):
-                raise InputError(path, f"non-finite coordinate in {excerpt(','.join(row))}", row=lineno)
-            if classes is not None and c not in classes.ids:
-                raise InputError(path, f"class {c} is not in the class set {list(classes.ids)}", row=lineno)
-            if size is not None and not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
-                raise InputError(path, f"point ({x:g}, {y:g}) lies outside the {size[0]}x{size[1]} image", row=lineno)
-            if not (0.0 <= p <= 1.0):
-                raise InputError(path, f"probability {p!r} is outside [0, 1]", row=lineno)
-            rows.append((x, y, c, p))
+    for lineno, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if lineno == 1 and row[0].strip().lower() in ("x", "x_coord"):
+            continue
+        if len(row) not in (3, 4):
+            raise InputError(path, f"expected columns x,y,class[,prob], got {len(row)}: {excerpt(','.join(row))}", row=lineno)
+        try:
+            x, y = float(row[0]), float(row[1])
+            c = int(row[2])
+            p = float(row[3]) if len(row) == 4 else 1.0
+        except ValueError:
+            raise InputError(path, f"cannot parse x,y,class[,prob] from {excerpt(','.join(row))}", row=lineno) from None
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise InputError(path, f"non-finite coordinate in {excerpt(','.join(row))}", row=lineno)
+        if classes is not None and c not in classes.ids:
+            raise InputError(path, f"class {c} is not in the class set {list(classes.ids)}", row=lineno)
+        if size is not None and not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
+            raise InputError(path, f"point ({x:g}, {y:g}) lies outside the {size[0]}x{size[1]} image", row=lineno)
+        if not (0.0 <= p <= 1.0):
+            raise InputError(path, f"probability {p!r} is outside [0, 1]", row=lineno)
+        rows.append((x, y, c, p))
     a = np.array(rows, dtype=np.float64).reshape(-1, 4)
     return Points(a[:, :2], a[:, 2].astype(np.int64), a[:, 3])
 

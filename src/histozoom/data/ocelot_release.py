@@ -31,12 +31,11 @@ from ..pair import (
     OCELOT_CELL_CLASSES,
     OCELOT_TISSUE_CLASSES,
     UNKNOWN,
-    ClassSet,
     Pair,
     Points,
 )
 from .base import DatasetSpec, PairSplit
-from .checks import check_mpp
+from .checks import check_mpp, class_set, excerpt
 from .io import read_image_size, read_label_map, read_points_csv, read_rgb, write_image, write_points_csv
 
 SPLITS = ("train", "val", "test")
@@ -59,10 +58,13 @@ def _spec_from_metadata(meta: Mapping, name: str, path: Path | None = None) -> D
     classes = meta.get("classes")
     if not classes:
         return DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, name=name or "ocelot")
+    if not isinstance(classes, Mapping):
+        raise InputError(path, f"classes must be an object, got {excerpt(classes)}")
     tissue = classes.get("tissue")
     return DatasetSpec(
-        ClassSet.from_mapping(classes["cell"]),
-        None if not tissue else ClassSet.from_mapping(tissue, ignore=classes.get("tissue_ignore", UNKNOWN)),
+        class_set(classes.get("cell"), path, "classes.cell"),
+        None if not tissue else class_set(tissue, path, "classes.tissue", classes.get("tissue_ignore", UNKNOWN),
+                                          "classes.tissue_ignore"),
         check_mpp(classes.get("cell_mpp", 0.2), path, "classes.cell_mpp"),
         check_mpp(classes.get("tissue_mpp", 0.8), path, "classes.tissue_mpp"),
         name,

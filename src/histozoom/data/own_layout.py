@@ -28,6 +28,7 @@ opened with ``allow_outside_paths=True``. Every mpp must lie in 0.01–100 µm/p
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,10 +37,10 @@ import yaml
 
 from ..errors import InputError
 from ..geometry import Placement
-from ..jsonio import read_json
-from ..pair import UNKNOWN, ClassSet, Pair
+from ..jsonio import read_json, read_text
+from ..pair import UNKNOWN, Pair
 from .base import DatasetSpec, PairSplit
-from .checks import check_mpp, excerpt, resolve_inside
+from .checks import check_mpp, class_set, excerpt, resolve_inside
 from .io import read_label_map, read_points_csv, read_rgb
 
 REQUIRED_COLUMNS = ("split", "id", "cell_image", "tissue_image", "centre_x", "centre_y")
@@ -56,17 +57,6 @@ def find_descriptor(root: str | Path) -> Path | None:
         if (root / n).is_file():
             return root / n
     return None
-
-
-def _classes(value, path: Path, key: str, ignore: int | None = None) -> ClassSet:
-    try:
-        if isinstance(value, dict):
-            return ClassSet.from_mapping(value, ignore)
-        if isinstance(value, list) and value:
-            return ClassSet.from_names([str(v) for v in value], ignore)
-    except ValueError as e:
-        raise InputError(path, f"{key}: {e}") from e
-    raise InputError(path, f"{key}: expected a non-empty list of names or a mapping id -> name")
 
 
 @dataclass
@@ -96,15 +86,11 @@ class OwnDataset:
             cfg = read_json(desc, "dataset descriptor")
         else:
             try:
-                cfg = yaml.safe_load(desc.read_text(encoding="utf-8"))
+                cfg = yaml.safe_load(read_text(desc, "dataset descriptor"))
             except yaml.YAMLError as e:
                 mark = getattr(e, "problem_mark", None)
                 where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
                 raise InputError(desc, f"cannot parse YAML{where} ({getattr(e, 'problem', None) or type(e).__name__})") from None
-            except UnicodeDecodeError as e:
-                raise InputError(desc, f"not UTF-8 text (byte {e.start})") from None
-            except OSError as e:
-                raise InputError(desc, f"cannot read ({e.strerror or type(e).__name__})") from None
         if not isinstance(cfg, dict) or "cell_classes" not in cfg:
             raise InputError(desc, "expected a mapping with at least 'cell_classes'")
         ignore = cfg.get("tissue_ignore", UNKNOWN)
@@ -112,8 +98,8 @@ class OwnDataset:
         cell_mpp = check_mpp(cfg.get("cell_mpp", 0.2), desc, "cell_mpp")
         tissue_mpp = check_mpp(cfg.get("tissue_mpp", 0.8), desc, "tissue_mpp")
         self.spec = DatasetSpec(
-            _classes(cfg["cell_classes"], desc, "cell_classes"),
-            None if tissue is None else _classes(tissue, desc, "tissue_classes", ignore),
+            class_set(cfg["cell_classes"], desc, "cell_classes", names_ok=True),
+            None if tissue is None else class_set(tissue, desc, "tissue_classes", ignore, names_ok=True),
             cell_mpp,
             tissue_mpp,
             str(cfg.get("name", self.root.name)),
@@ -124,13 +110,9 @@ class OwnDataset:
 
     def _read_index(self) -> list[_Row]:
         path = self.index_path
-        if not path.is_file():
-            raise InputError(path, "pairs index not found")
+        text = read_text(path, "pairs index", encoding="utf-8-sig")  # utf-8-sig: a byte-order mark (Excel) is skipped
         try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: a byte-order mark (Excel) is skipped
-                return self._parse_index(path, csv.DictReader(fh))
-        except UnicodeDecodeError as e:
-            raise InputError(path, f"not UTF-8 text (byte {e.start})") from None
+            return self._parse_index(path, csv.DictReader(io.StringIO(text, newline="")))
         except csv.Error as e:
             raise InputError(path, f"not a valid CSV ({e})") from None
 

@@ -105,7 +105,7 @@ def read_class_file(path: str | Path) -> tuple[NucleiClassScheme, float | None]:
             scheme = NucleiClassScheme(path.parent.name, ClassSet.from_mapping(d))
         else:
             raise ValueError("expected a list of class names, a mapping id -> name, or {'classes': ...}")
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError) as e:  # OverflowError: int(Infinity)
         raise InputError(path, f"bad class file ({e})") from e
     return scheme, mpp
 
