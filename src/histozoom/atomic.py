@@ -18,7 +18,9 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
+
+from .errors import InputError
 
 
 def _read_umask() -> int:
@@ -45,6 +47,32 @@ DIR_MODE = 0o777 & ~_UMASK
 """Mode of folders made by :func:`atomic_dir`: what ``mkdir`` gives (``0o755`` under umask 022)."""
 
 
+def cannot_write(path: str | Path, e: OSError) -> InputError:
+    """The named error for an output that the OS refuses (permission, read-only, full disk)."""
+    return InputError(path, f"cannot write output ({e.strerror or type(e).__name__})")
+
+
+def check_output(path: str | Path, kind: Literal["file", "folder"] = "file") -> Path:
+    """Refuse, before any work is done, an output path that cannot be written.
+
+    A ``"file"`` output must not be an existing folder and a ``"folder"`` output not an
+    existing file; the nearest existing folder on the way must be writable. Returns ``path``.
+    """
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise InputError(path, "is an existing folder; give a file name for this output")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise InputError(path, "is an existing file; give a folder name for this output")
+    base = path if (kind == "folder" and path.is_dir()) else path.absolute().parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise InputError(path, f"cannot create the output: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InputError(path, f"cannot write output (permission denied in {base})")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
@@ -53,14 +81,21 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     the extension (PIL, tifffile, safetensors) behave as for the final name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix,
+                                   dir=path.parent)
+    except OSError as e:
+        raise cannot_write(path, e) from None
     os.close(fd)
     os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would survive the rename
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as e:
+            raise cannot_write(path, e) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -98,9 +133,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp"
     old = path.parent / f".{path.name}.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise cannot_write(path, e) from None
     os.chmod(tmp, DIR_MODE)  # as mkdir under the umask; explicit so that it does not depend on how tmp was made
     try:
         yield tmp

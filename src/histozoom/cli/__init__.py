@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ConfigError) as e:
         print(f"histozoom {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.filename is None:  # not about a file the user named: a bug, keep the traceback
+            raise
+        # last resort for a file error that no reader or writer turned into an InputError
+        print(f"histozoom {args.command}: error: {e.filename}: {e.strerror or type(e).__name__}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

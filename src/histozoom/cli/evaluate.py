@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_output
     from ..evaluation import evaluate
 
     if args.plots and not args.out:
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if args.name and len(args.name) != len(args.pred):
         print("histozoom evaluate: error: give one --name per --pred", file=sys.stderr)
         return 2
+    if args.out:
+        check_output(args.out, "folder")  # before the scoring
     log = lambda msg: print(f"[evaluate] {msg}", file=sys.stderr)  # noqa: E731
     report = evaluate(
         args.pred,

@@ -82,8 +82,11 @@ def _register_evaluate(nsub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from ..atomic import check_output
     from ..evaluation.nuclei import evaluate_nuclei
 
+    if args.out:
+        check_output(args.out, "folder")  # before the scoring
     ev = evaluate_nuclei(args.pred, args.gt, classes=args.classes, match_iou=args.match_iou, missing=args.missing)
     if args.out:
         for path in ev.write(args.out):
@@ -236,6 +239,7 @@ def _images(path: str, split: str | None):
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from ..atomic import check_output
     from ..errors import InputError
     from ..inference.nuclei_predictor import OUTPUT_FORMATS, NucleiPredictor
 
@@ -243,6 +247,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     bad = [f for f in formats if f not in OUTPUT_FORMATS]
     if bad:
         raise InputError(None, f"unknown --formats {bad}; choose from {list(OUTPUT_FORMATS)}")
+    check_output(args.out, "folder")  # before the model runs
     predictor = NucleiPredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta)
     items = _images(args.input, args.split)
     if not items:

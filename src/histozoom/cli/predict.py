@@ -85,6 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..atomic import check_output
     from ..data.open import open_dataset, pick_split
     from ..errors import InputError
     from ..inference.decode import PeakConfig
@@ -97,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(None, "give either --data DIR or --cell-image with --tissue-image")
     if args.cell_image and not args.tissue_image:
         raise InputError(None, "--cell-image needs --tissue-image")
+    for path, kind in ((args.out, "file"), (args.csv, "folder"), (args.table, "file")):
+        if path:
+            check_output(path, kind)  # before the model runs
     device = resolve_device(args.device)
     size = "train" if args.size is None else (None if args.size == "native" else args.size)
     try:  # Predictor asks the model whether --size fits it
@@ -117,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         pair = pair_from_images(args.cell_image, args.tissue_image, tuple(args.offset), args.cell_mpp, args.tissue_mpp,
                                 pair_id=Path(args.cell_image).stem, tissue_mask=args.tissue_mask)
         result = pred.predict_split([pair])
+    if len(result) == 0:
+        print(f"[predict] warning: {args.data or args.cell_image}: no pairs to predict (an empty split?); "
+              "the outputs hold no images", file=sys.stderr)
     written = {}
     if args.out:
         written["challenge_json"] = str(result.write_challenge_json(args.out))

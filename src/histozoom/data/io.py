@@ -148,6 +148,8 @@ def read_image(
     except (OSError, ValueError, UnidentifiedImageError, SyntaxError, tifffile.TiffFileError) as e:
         if isinstance(e, InputError):
             raise
+        if isinstance(e, PermissionError):
+            raise InputError(path, "cannot read image (permission denied)") from None
         raise InputError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
     except MemoryError as e:
         raise InputError(path, f"cannot decode image (out of memory: {e})") from e

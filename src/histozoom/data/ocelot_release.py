@@ -139,9 +139,20 @@ class OcelotReleaseSplit(PairSplit):
         return self.release.root / "annotations" / self.name / "tissue" / f"{sample_id}.png"
 
     def points(self, sample_id: str, size: tuple[int, int] | None = None) -> Points | None:
-        """Ground-truth cells of a sample (cell frame), ``None`` where no CSV exists."""
+        """Ground-truth cells of a sample (cell frame).
+
+        ``None`` for an unlabelled split (no ``annotations/{split}/cell/`` folder); in a
+        labelled split every sample needs its CSV (an empty file for an image without
+        cells), so a lost file is an error, never an image scored as having no cells.
+        """
         path = self.cell_csv(sample_id)
-        return read_points_csv(path, self.spec.cell_classes, size) if path.is_file() else None
+        if path.is_file():
+            return read_points_csv(path, self.spec.cell_classes, size)
+        if path.parent.is_dir():
+            raise InputError(path, f"ground-truth CSV missing: split {self.name!r} is annotated "
+                                   f"({path.parent} exists) but has no file for sample {sample_id!r} "
+                                   "(an image without cells needs an empty CSV)")
+        return None
 
     def load(self, sample_id: str) -> Pair:
         entry = self.entry(sample_id)

@@ -58,6 +58,7 @@ from . import render
 from .sources import (
     PointSet,
     Source,
+    ground_truth_warnings,
     load_ground_truth,
     load_points,
     read_mask_folder,
@@ -238,7 +239,7 @@ def evaluate(
                                allow_outside_paths=allow_outside_paths)
     classes = classes or gt.classes or OCELOT_CELL_CLASSES
     sizes: ImageSize = image_size or gt.image_sizes or CHALLENGE_IMAGE_SIZE
-    warnings = list(gt.warnings)
+    warnings = list(gt.warnings) + ground_truth_warnings(gt)
     if mpp is None:
         mpp = gt.cell_mpp or CHALLENGE_MPP
     r = radius_px(radius_um, mpp)

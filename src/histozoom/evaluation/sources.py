@@ -95,6 +95,33 @@ class PointSet:
         return self.name(k)
 
 
+def ground_truth_warnings(gt: PointSet) -> list[str]:
+    """What is worth a warning but still scores: no images, no cells, duplicate points
+    (same image, class and position within 1e-3 px; each copy counts as its own cell)."""
+    if not gt.image_indices:
+        return [f"{gt.source}: the ground truth has no images (an empty split?); nothing was scored"]
+    out = []
+    if not any(len(p) for p in gt.points.values()):
+        out.append(f"{gt.source}: the ground truth holds no cells; F1 is undefined for every class")
+    dup_total, first = 0, None
+    for k in sorted(gt.points):
+        pts = gt.points[k]
+        if len(pts) < 2:
+            continue
+        rows = np.column_stack([np.round(pts.xy, 3), pts.cls])
+        uniq, counts = np.unique(rows, axis=0, return_counts=True)
+        extra = int((counts - 1).sum())
+        if extra:
+            dup_total += extra
+            if first is None:
+                r = uniq[np.argmax(counts > 1)]
+                first = f"{gt.name(k)} at ({r[0]:g}, {r[1]:g}) class {int(r[2])}"
+    if dup_total:
+        out.append(f"{gt.source}: {dup_total} duplicate ground-truth point(s) (first {first}); "
+                   "each copy counts as a separate cell")
+    return out
+
+
 # ---------------------------------------------------------------------- name alignment
 def _natural_order(stems: Sequence[str]) -> list[str]:
     """Sort names: ``image_K`` by K, all-digit names numerically, others as strings."""
@@ -152,6 +179,17 @@ def _read_csv_folder(folder: Path, classes: ClassSet | None, image_size: ImageSi
             raise InputError(files[stem], f"a second file for image {image_name(k)} ({names[k]!r} came first)")
         points[k] = read_points_csv(files[stem], classes, image_size_of(image_size, k))
         names[k] = stem
+    if ref is None and all(parse_image_name(s) is not None for s in index):
+        gaps = sorted(set(range(max(points) + 1)) - set(points))
+        if gaps:
+            raise InputError(folder / f"{image_name(gaps[0])}.csv",
+                             f"ground-truth CSV missing ({len(gaps)} of image_0..image_{max(points)} absent); "
+                             "an image without cells needs an empty CSV")
+    if ref is not None:
+        absent = [ref.name(k) for k in ref.image_indices if k not in points]
+        if absent:
+            warnings.append(f"{folder}: no CSV for {len(absent)} ground-truth image(s) (first {absent[0]!r}); "
+                            "scored as no detections")
     num = None if ref is not None else len(points)
     return PointSet(points, num, names if ref is None else {}, str(folder), classes=classes, warnings=warnings)
 
@@ -249,6 +287,10 @@ def _load_dataset(path: Path, split: str | None, classes: ClassSet | None, image
             masks[k] = pair.tissue_mask
 
     points = split_ground_truth(sp, take if with_pairs else None)
+    unlabelled = [sid for k, sid in names.items() if k not in points]
+    if unlabelled:
+        raise InputError(path, f"split {name!r}: {len(unlabelled)} of {len(ids)} samples have no ground-truth cells "
+                               f"(first {unlabelled[0]!r}); only a fully annotated split can be scored")
     if not with_pairs:
         entry_of = getattr(sp, "entry", None)
         if callable(entry_of):

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..atomic import atomic_open
+from ..atomic import atomic_dir, atomic_open, check_output
 from ..data.augment import flip_pair_lr, rot90_pair
 from ..data.base import DatasetSpec, PairSplit
 from ..data.challenge_json import challenge_document, image_name, write_challenge_points
@@ -187,13 +187,23 @@ class Predictions:
         return Path(path)
 
     def write_csv_folder(self, folder: str | Path) -> Path:
-        """``FOLDER/<sample id>.csv`` with rows ``x,y,class,prob`` (integer pixels; atomic per file)."""
+        """``FOLDER/<sample id>.csv`` with rows ``x,y,class,prob`` (integer pixels).
+
+        The folder appears whole or not at all (written aside, then renamed), so a killed
+        run never leaves a partial folder that would be scored as "no detections". An
+        existing folder is replaced only if it holds nothing but ``.csv`` files.
+        """
         from ..data.io import write_points_csv
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for k, sid in enumerate(self.ids):
-            write_points_csv(folder / f"{sid}.csv", self.points.get(k, Points.empty()), with_prob=True)
+        folder = check_output(folder, "folder")
+        if folder.is_dir():
+            other = next((p for p in folder.iterdir() if not (p.is_file() and p.suffix.lower() == ".csv")), None)
+            if other is not None:
+                raise InputError(folder, f"exists and holds {other.name!r}, not only CSV files: "
+                                         "give a new folder for the CSV output")
+        with atomic_dir(folder) as tmp:
+            for k, sid in enumerate(self.ids):
+                write_points_csv(tmp / f"{sid}.csv", self.points.get(k, Points.empty()), with_prob=True)
         return folder
 
     def rows(self) -> list[dict[str, Any]]:

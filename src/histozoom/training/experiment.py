@@ -47,10 +47,11 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import write_json, write_text
+from ..atomic import check_output, write_json, write_text
 from ..config_fields import DictConfig
 from ..constants import PAPER_CELL_DROPOUT_GRID, PAPER_CELL_LR_RATIOS, PAPER_LR_GRID, PAPER_MODELS, SEARCH_MODES
 from ..errors import InputError
+from ..folder_lock import folder_lock
 from ..models.cell_tissue import SHARE_MODES, all_sharing_configs
 from ..reports.tables import format_table
 from .cell_tissue_trainer import train
@@ -306,7 +307,11 @@ class Experiment:
         unknown = stages - {"tune", "seeds", "search", "report"}
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}")
-        self.out.mkdir(parents=True, exist_ok=True)
+        check_output(self.out, "folder")
+        with folder_lock(self.out, "experiment folder"):
+            return self._run_all(stages, dry_run)
+
+    def _run_all(self, stages: set[str], dry_run: bool) -> dict:
         if not dry_run:
             write_json(self.out / EXPERIMENT_FILE, self.cfg.to_dict())
         results: dict[str, Any] = {"experiment": self.cfg.to_dict()}

@@ -45,8 +45,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..atomic import atomic_dir, atomic_open, recover_dir, write_json
+from ..atomic import atomic_dir, atomic_open, check_output, recover_dir, write_json
 from ..errors import InputError
+from ..folder_lock import LOCK_FILE, folder_lock
 from ..jsonio import read_json
 from ..models.checkpoint import BEST_CHECKPOINT as CHECKPOINT_NAME
 from ..models.checkpoint import WEIGHTS_FILE, save_pretrained
@@ -260,6 +261,7 @@ class RunLoop:
         saved_path = self.run / self.config_file
         if not self.dist.is_main and not resume:
             return cfg  # rank 0 checks the folder (and may already have written the config)
+        check_output(self.run, "folder")
         if saved_path.is_file():
             saved = type(cfg).load(saved_path)
             if not resume:
@@ -269,7 +271,7 @@ class RunLoop:
                 listed = ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
                 raise InputError(saved_path, f"resume with different settings: {listed}")
             return saved.replace(**{k: getattr(cfg, k) for k in self.runtime_fields})
-        if self.run.exists() and any(self.run.iterdir()) and not resume:
+        if self.run.exists() and any(p.name != LOCK_FILE for p in self.run.iterdir()) and not resume:
             raise InputError(self.run, "output folder exists and is not a training run; choose a new --out")
         return cfg
 
@@ -457,11 +459,15 @@ class RunLoop:
         return row
 
     def _fit(self) -> dict:
+        if not self.dist.is_main:
+            return self._fit_locked()
+        with folder_lock(self.run, "training run folder"):  # a second process on this run is refused
+            return self._fit_locked()
+
+    def _fit_locked(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
-        if main:
-            self.run.mkdir(parents=True, exist_ok=True)
-            if not (self.run / self.config_file).is_file():
-                cfg.save(self.run / self.config_file)
+        if main and not (self.run / self.config_file).is_file():
+            cfg.save(self.run / self.config_file)
         barrier(self.dist)
         self.build()
         if self.resume:

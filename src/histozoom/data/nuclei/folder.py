@@ -22,7 +22,7 @@ import numpy as np
 
 from ...atomic import atomic_open, write_json, write_text
 from ...errors import InputError
-from ...jsonio import read_json
+from ...jsonio import read_json, read_text
 from ...pair import ClassSet
 from ..checks import check_mpp
 from ..io import read_image, read_npy, read_rgb, write_image
@@ -87,8 +87,9 @@ def read_class_file(path: str | Path) -> tuple[NucleiClassScheme, float | None]:
     else:
         import yaml
 
+        text = read_text(path, "class names")
         try:
-            d = yaml.safe_load(path.read_text(encoding="utf-8"))
+            d = yaml.safe_load(text)
         except Exception as e:  # a YAMLError message quotes the offending line: give only where
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
