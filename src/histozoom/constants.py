@@ -27,6 +27,10 @@ PAPER_MODELS: tuple[str, ...] = ("cell-only", "pred-to-input", "pred-to-inter-1"
 PAPER_LR_GRID: tuple[float, ...] = (5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3)
 PAPER_CELL_DROPOUT_GRID: tuple[float, ...] = (0.1, 0.3, 0.5)
 PAPER_CELL_LR_RATIOS: tuple[float, ...] = (1.0, 0.5)
+DEFAULT_LR_GRID: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+"""The default recipe's LR grid: around the value its range test finds on these models (about 1e-3)."""
+DEFAULT_CELL_DROPOUT_GRID: tuple[float, ...] = (0.0, 0.1, 0.3)
+"""Around the models' default cell dropout (0.1)."""
 SEARCH_MODES: tuple[str, ...] = ("none", "random", "halving")
 
 # synthetic data (histozoom.data.synthetic)

@@ -152,8 +152,8 @@ def test_defaults_are_unchanged():
     ev = p.parse_args(BASE["evaluate"])
     assert (ev.bootstrap, ev.seed, ev.radius_um, ev.mpp, ev.image_size) == (10_000, 0, 3.0, None, None)
     ex = p.parse_args(BASE["experiment"])
-    assert (ex.seeds, ex.epochs, ex.batch_size, ex.lr, ex.search_budget, ex.search_eta) == (5, 300, 8, 1e-4, 16, 3)
-    assert ex.lr_grid == [5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3] and ex.models[0] == "cell-only"
+    assert (ex.seeds, ex.epochs, ex.batch_size, ex.lr, ex.search_budget, ex.search_eta) == (5, 300, 8, None, 16, 3)
+    assert ex.recipe == "default" and ex.lr_grid is None and ex.models[0] == "cell-only"  # grids: the recipe's
     sy = p.parse_args(BASE["synth"])
     assert (sy.n_train, sy.n_val, sy.n_test, sy.cell_size, sy.tissue_mpp, sy.preset) == (40, 10, 10, 1024, 0.8, "context")
     pr = p.parse_args(BASE["predict"])

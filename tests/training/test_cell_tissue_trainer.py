@@ -34,7 +34,7 @@ def data64(tmp_path_factory):
 
 def tiny_cfg(data, **kw) -> TrainConfig:
     base = dict(data=str(data), model="pred-to-inter-2", model_overrides=dict(TINY), cell_dropout=0.0,
-                tissue_dropout=0.0, epochs=4, batch_size=2, lr=1e-3, progress=False, tensorboard=False)
+                tissue_dropout=0.0, epochs=4, batch_size=2, lr=1e-3, recipe="paper", progress=False, tensorboard=False)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..constants import PAPER_CELL_DROPOUT_GRID, PAPER_CELL_LR_RATIOS, PAPER_LR_GRID, PAPER_MODELS, SEARCH_MODES
+from ..constants import PAPER_CELL_LR_RATIOS, PAPER_MODELS, SEARCH_MODES
+from ..training.recipe import RECIPES
 from ._common import (
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
@@ -53,8 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", nargs="+", default=["tune", "seeds", "search", "report"],
                    choices=["tune", "seeds", "search", "report"], help="stages to run (default: all)")
     p.add_argument("--no-tune", action="store_true", help="no grid: use --lr / --cell-lr-ratio / --cell-dropout")
-    p.add_argument("--lr-grid", type=positive_float(MAX_LR), nargs="+", default=list(PAPER_LR_GRID), metavar="LR")
-    p.add_argument("--cell-dropout-grid", type=probability, nargs="+", default=list(PAPER_CELL_DROPOUT_GRID), metavar="P")
+    p.add_argument("--lr-grid", type=positive_float(MAX_LR), nargs="+", metavar="LR",
+                   help="default: 3e-4 1e-3 3e-3 (default recipe), the paper's 5e-5 ... 2e-3 (--recipe paper)")
+    p.add_argument("--cell-dropout-grid", type=probability, nargs="+", metavar="P",
+                   help="default: 0 0.1 0.3 (default recipe), the paper's 0.1 0.3 0.5 (--recipe paper)")
     p.add_argument("--cell-lr-ratios", type=positive_float(100.0), nargs="+", default=list(PAPER_CELL_LR_RATIOS), metavar="R")
     p.add_argument("--grid-seeds", type=positive_int(MAX_SEEDS), default=1, help="seeds per grid point (default 1)")
     p.add_argument("--search", choices=SEARCH_MODES, default="none", help="feature-sharing search (default none)")
@@ -65,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int(MAX_EPOCHS), default=300)
     p.add_argument("--size", type=positive_int(MAX_SIDE))
     p.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), default=8)
-    p.add_argument("--lr", type=positive_float(MAX_LR), default=1e-4, help="with --no-tune")
+    p.add_argument("--recipe", choices=RECIPES, default="default", help="training recipe of every run (see train --help)")
+    p.add_argument("--lr", type=positive_float(MAX_LR), help="with --no-tune (default: the recipe's)")
     p.add_argument("--cell-lr-ratio", type=positive_float(100.0), default=1.0, help="with --no-tune")
     p.add_argument("--cell-dropout", type=probability, help="with --no-tune (default: the model's, 0.1)")
     p.add_argument("--tissue-dropout", type=probability)
@@ -84,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training.config import TrainConfig
     from ..training.experiment import ExperimentConfig, render_tables, run_experiment
 
-    base = TrainConfig(data=args.data, epochs=args.epochs, size=args.size, batch_size=args.batch_size, lr=args.lr,
+    base = TrainConfig(data=args.data, recipe=args.recipe, epochs=args.epochs, size=args.size, batch_size=args.batch_size,
+                       lr=args.lr,
                        cell_lr_ratio=args.cell_lr_ratio, cell_dropout=args.cell_dropout,
                        tissue_dropout=args.tissue_dropout, augment=not args.no_augment,
                        model_overrides=dict(args.model_arg or []), device=args.device, num_workers=args.num_workers,

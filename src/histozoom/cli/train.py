@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..training.recipe import LOSSES, RECIPES
 from . import _static
 from ._common import (
     MAX_BATCH_SIZE,
@@ -53,7 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="RUN", help="run folder")
     p.add_argument("--config", metavar="JSON", help="start from this TrainConfig JSON (options given here override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last finished epoch")
-    p.add_argument("--epochs", type=positive_int(MAX_EPOCHS), help="epochs (default 300, the paper's on OCELOT)")
+    p.add_argument("--recipe", choices=RECIPES,
+                   help="default: LR from a range test, warm-up + cosine scaled to --epochs, Dice + cross-entropy, "
+                        "BatchNorm recalibration when epochs are short; paper: the OCELOT paper / challenge baseline "
+                        "exactly (LR 1e-4, x0.3 at 60%% and 80%% of the epochs, Dice)")
+    p.add_argument("--epochs", type=positive_int(MAX_EPOCHS), help="epochs of the schedule (default 300, the paper's on OCELOT)")
+    p.add_argument("--extend", type=positive_int(MAX_EPOCHS), metavar="N",
+                   help="with --resume: train N more epochs after the run's schedule (a fresh schedule tail)")
     p.add_argument("--stop-after", type=positive_int(MAX_EPOCHS), metavar="E",
                    help="stop after epoch E (continue later with --resume)")
     p.add_argument("--size", type=positive_int(MAX_SIDE), metavar="PX",
@@ -61,8 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{_static.SIZE_MULTIPLES_TEXT['cell-tissue']}; default: as stored)")
     p.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), help="batch size per process (default 8)")
     p.add_argument("--lr", type=positive_float(MAX_LR),
-                   help="learning rate of the tissue branch (default 1e-4, the OCELOT 2023 challenge baseline's; "
-                        "the CVPR paper tunes in [5e-5, 2e-3])")
+                   help="learning rate of the tissue branch (default: found by a range test with --recipe default, "
+                        "1e-4 with --recipe paper; the CVPR paper tunes in [5e-5, 2e-3])")
     p.add_argument("--cell-lr-ratio", type=positive_float(100.0), help="cell-branch LR = lr x ratio (paper: 1 or 0.5; default 1)")
     p.add_argument("--weight-decay", type=nonnegative_float(1.0), help="Adam weight decay (default 1e-5)")
     p.add_argument("--cell-dropout", type=probability,
@@ -76,7 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", type=key_value, action="append", metavar="KEY=VALUE",
                    help="model config override, e.g. encoder_name=resnet18 or sharing='[\"both\",\"none\",\"t2c\"]'")
     p.add_argument("--bn-recalibration", type=nonnegative_int(MAX_COUNT), metavar="B",
-                   help="re-estimate BatchNorm statistics from B training batches before each validation (default 0 = off)")
+                   help="re-estimate BatchNorm statistics from B training batches before each validation "
+                        "(0 = off; default: the recipe's, 16 when an epoch has under 100 steps with --recipe default)")
+    p.add_argument("--loss", choices=LOSSES, help="dice (the paper's) or dice+ce (the default recipe's)")
+    p.add_argument("--warmup", type=probability, help="warm-up fraction of the steps (--recipe default; default 0.05)")
     p.add_argument("--seed", type=seed, help="seed (default 0)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--num-workers", type=nonnegative_int(MAX_WORKERS),
@@ -90,7 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _FIELDS = {
-    "data": "data", "model": "model", "epochs": "epochs", "stop_after": "stop_after", "size": "size",
+    "data": "data", "model": "model", "recipe": "recipe", "loss": "loss", "warmup": "warmup",
+    "epochs": "epochs", "stop_after": "stop_after", "size": "size",
     "batch_size": "batch_size", "lr": "lr", "cell_lr_ratio": "cell_lr_ratio", "weight_decay": "weight_decay",
     "cell_dropout": "cell_dropout", "tissue_dropout": "tissue_dropout", "cell_weight": "cell_weight",
     "tissue_weight": "tissue_weight", "no_tissue_loss": "no_tissue_loss", "no_large_fov": "no_large_fov",
@@ -104,6 +115,7 @@ def config_from_args(args: argparse.Namespace):
     or the defaults, with every given option applied."""
     from pathlib import Path
 
+    from ..errors import InputError
     from ..training.config import TRAIN_CONFIG_FILE, TrainConfig
 
     saved = Path(args.out) / TRAIN_CONFIG_FILE
@@ -126,6 +138,10 @@ def config_from_args(args: argparse.Namespace):
             changes[name] = None if v.lower() == "none" else v
     if args.model_arg:
         changes["model_overrides"] = {**cfg.model_overrides, **dict(args.model_arg)}
+    if args.extend is not None:
+        if not args.resume:
+            raise InputError(args.out, "--extend continues a run: give it with --resume")
+        changes["extend"] = (*cfg.extend, args.extend)
     return cfg.replace(**changes)
 
 

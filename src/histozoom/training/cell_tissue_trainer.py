@@ -53,6 +53,7 @@ from .config import TRAIN_CONFIG_FILE, TrainConfig, size_problem
 from .distributed import SINGLE, DistInfo, unwrap
 from .loop import CHECKPOINT_NAME, RunLoop
 from .losses import CellTissueLoss
+from .recipe import recipe_loss
 
 TEST_PREDICTIONS = "test_predictions.json"
 
@@ -115,8 +116,9 @@ class Trainer(RunLoop):
         if problem:
             raise InputError(None, problem)
         tissue_weight = self.cfg.tissue_weight if (mc.tissue_branch and mc.tissue_supervised) else 0.0
+        self.loss_name = recipe_loss(self.cfg.recipe, self.cfg.loss)
         self.loss_fn = CellTissueLoss(self.spec.cell_classes, tc, self.cfg.cell_weight, tissue_weight,
-                                      tissue_in_cell_frame=mc.tissue_input == "cell").to(self.device)
+                                      tissue_in_cell_frame=mc.tissue_input == "cell", loss=self.loss_name).to(self.device)
         self.mask_key = None
         if mc.leak_tissue_labels:
             self.mask_key = "tissue_target_cell" if mc.tissue_input == "cell" else "tissue_target"
@@ -131,8 +133,11 @@ class Trainer(RunLoop):
     def make_model(self) -> torch.nn.Module:
         return self.model_config.build()
 
-    def make_param_groups(self, model: torch.nn.Module) -> list[dict]:
-        return param_groups(model, self.cfg.lr, self.cfg.cell_lr_ratio, self.cfg.weight_decay)
+    def make_param_groups(self, model: torch.nn.Module, lr: float) -> list[dict]:
+        return param_groups(model, lr, self.cfg.cell_lr_ratio, self.cfg.weight_decay)
+
+    def resolve_extra(self) -> dict[str, Any]:
+        return {"loss": self.loss_name}
 
     def make_train_set(self) -> PairDataset:
         augment = PairedAugment(seed=self.cfg.seed) if self.cfg.augment else None

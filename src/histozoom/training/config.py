@@ -34,6 +34,7 @@ from ..atomic import write_json
 from ..config_fields import DictConfig
 from ..errors import ConfigError, InputError
 from ..jsonio import read_json
+from .recipe import LOSSES, RECIPES
 
 TRAIN_CONFIG_FILE = "train_config.json"
 
@@ -84,13 +85,17 @@ class RunConfig(DictConfig):
     val_split: str | None = "val"
     test_split: str | None = "test"
     augment: bool = True
+    recipe: str = "default"
     epochs: int = 300
+    extend: tuple[int, ...] = ()
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float | None = None
+    warmup: float = 0.05
+    lr_finder_steps: int = 100
     weight_decay: float = 1e-5
     milestones: tuple[float, ...] = (0.6, 0.8)
     gamma: float = 0.3
-    bn_recalibration: int = 0
+    bn_recalibration: int | None = None
     seed: int = 0
     device: str = "cpu"
     num_workers: int | None = None
@@ -102,10 +107,13 @@ class RunConfig(DictConfig):
     tensorboard: bool = True
     stop_after: int | None = None
     max_train_batches: int | None = None
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         self.data = str(self.data)
         self.milestones = tuple(float(m) for m in self.milestones)
+        self.extend = tuple(int(n) for n in self.extend)
+        self.resolved = dict(self.resolved or {})
         self.model_overrides = dict(self.model_overrides or {})
         problems = list(self.common_problems()) + list(self.problems())
         if problems:
@@ -116,13 +124,18 @@ class RunConfig(DictConfig):
         return []
 
     def milestone_epochs(self) -> list[int]:
-        """Epoch counts after which the LR is multiplied by ``gamma`` (60 %, 80 % of 300 → 180, 240)."""
+        """Epoch counts after which the LR is multiplied by ``gamma`` (60 %, 80 % of 300 → 180, 240;
+        ``paper`` recipe)."""
         return sorted({max(1, int(round(m * self.epochs))) for m in self.milestones})
+
+    def total_epochs(self) -> int:
+        """The schedule's ``epochs`` plus every extension."""
+        return self.epochs + sum(self.extend)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
-    def differences(self, other, ignore: tuple[str, ...] = RUNTIME_FIELDS) -> dict[str, tuple[Any, Any]]:
+    def differences(self, other, ignore: tuple[str, ...] = (*RUNTIME_FIELDS, "resolved")) -> dict[str, tuple[Any, Any]]:
         """``{field: (self's, other's)}`` for fields that differ (``ignore`` left out)."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
@@ -134,24 +147,32 @@ class RunConfig(DictConfig):
     def load(cls, path: str | Path):
         path = Path(path)
         d = read_json(path, "training config")
+        if isinstance(d, dict) and "recipe" not in d:
+            d = {**d, "recipe": "paper"}  # saved before recipes existed: trained with the paper's
         try:
             return cls.from_dict(d)
         except (TypeError, ValueError) as e:
             raise InputError(path, f"bad training config: {e}") from e
 
     def common_problems(self):
-        """Checks of the fields every run config has (``epochs, batch_size, lr,
-        weight_decay, milestones, gamma, num_workers, bn_recalibration, stop_after``)."""
+        """Checks of the fields every run config has (``recipe, epochs, extend, batch_size,
+        lr, warmup, lr_finder_steps, weight_decay, milestones, gamma, num_workers,
+        bn_recalibration, stop_after``)."""
         checks = [
+            (self.recipe in RECIPES, f"recipe must be one of {RECIPES}, got {self.recipe!r}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (all(n >= 1 for n in self.extend), f"extend: each extension is >= 1 epoch, got {list(self.extend)}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.lr is None or self.lr > 0, f"lr must be > 0 (or None: the recipe's), got {self.lr}"),
+            (0 <= self.warmup <= 0.5, f"warmup is a fraction of the steps in [0, 0.5], got {self.warmup}"),
+            (self.lr_finder_steps >= 10, f"lr_finder_steps must be >= 10, got {self.lr_finder_steps}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (all(0 < m <= 1 for m in self.milestones),
              f"milestones are fractions of the epochs in (0, 1], got {self.milestones}"),
             (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
             (self.num_workers is None or self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
-            (self.bn_recalibration >= 0, f"bn_recalibration must be >= 0, got {self.bn_recalibration}"),
+            (self.bn_recalibration is None or self.bn_recalibration >= 0,
+             f"bn_recalibration must be >= 0 (or None: the recipe's), got {self.bn_recalibration}"),
             (self.stop_after is None or self.stop_after >= 1, f"stop_after must be >= 1, got {self.stop_after}"),
         ]
         return [msg for ok, msg in checks if not ok]
@@ -209,8 +230,11 @@ class TrainConfig(RunConfig):
 
     peak_min_distance_um: float = 2.0
     peak_threshold: float = 0.5
+    loss: str | None = None
 
     def problems(self):
+        if self.loss is not None and self.loss not in LOSSES:
+            yield f"loss must be one of {LOSSES} (or None: the recipe's), got {self.loss!r}"
         problem = size_problem("size", self.size, self.model,
                                None if self.size is None else model_size_multiple(self.model, self.model_kwargs()))
         if problem:

@@ -49,7 +49,15 @@ import numpy as np
 
 from ..atomic import check_output, write_json, write_text
 from ..config_fields import DictConfig
-from ..constants import PAPER_CELL_DROPOUT_GRID, PAPER_CELL_LR_RATIOS, PAPER_LR_GRID, PAPER_MODELS, SEARCH_MODES
+from ..constants import (
+    DEFAULT_CELL_DROPOUT_GRID,
+    DEFAULT_LR_GRID,
+    PAPER_CELL_DROPOUT_GRID,
+    PAPER_CELL_LR_RATIOS,
+    PAPER_LR_GRID,
+    PAPER_MODELS,
+    SEARCH_MODES,
+)
 from ..errors import InputError
 from ..folder_lock import folder_lock
 from ..models.cell_tissue import SHARE_MODES, all_sharing_configs
@@ -106,8 +114,8 @@ class ExperimentConfig(DictConfig):
     models: list[str] = field(default_factory=lambda: list(PAPER_MODELS))
     seeds: int = 5
     tune: bool = True
-    lr_grid: list[float] = field(default_factory=lambda: list(PAPER_LR_GRID))
-    cell_dropout_grid: list[float] = field(default_factory=lambda: list(PAPER_CELL_DROPOUT_GRID))
+    lr_grid: list[float] | None = None
+    cell_dropout_grid: list[float] | None = None
     cell_lr_ratios: list[float] = field(default_factory=lambda: list(PAPER_CELL_LR_RATIOS))
     grid_seeds: int = 1
     search: str = "none"
@@ -119,6 +127,11 @@ class ExperimentConfig(DictConfig):
     def __post_init__(self):
         if isinstance(self.base, Mapping):
             self.base = TrainConfig.from_dict(self.base)
+        paper = self.base.recipe == "paper"
+        if self.lr_grid is None:
+            self.lr_grid = list(PAPER_LR_GRID if paper else DEFAULT_LR_GRID)
+        if self.cell_dropout_grid is None:
+            self.cell_dropout_grid = list(PAPER_CELL_DROPOUT_GRID if paper else DEFAULT_CELL_DROPOUT_GRID)
         problems = []
         if self.seeds < 1 or self.grid_seeds < 1:
             problems.append("seeds and grid_seeds must be >= 1")
@@ -145,9 +158,9 @@ class ExperimentConfig(DictConfig):
 
 
 def setting_tag(setting: Mapping[str, Any]) -> str:
-    """Folder name of a setting, e.g. ``lr0.0001_r0.5_do0.3``."""
-    do = setting.get("cell_dropout")
-    return f"lr{setting['lr']:g}_r{setting['cell_lr_ratio']:g}_do{'default' if do is None else f'{do:g}'}"
+    """Folder name of a setting, e.g. ``lr0.0001_r0.5_do0.3`` (``lrauto``: the recipe's LR)."""
+    do, lr = setting.get("cell_dropout"), setting["lr"]
+    return f"lr{'auto' if lr is None else f'{lr:g}'}_r{setting['cell_lr_ratio']:g}_do{'default' if do is None else f'{do:g}'}"
 
 
 def sharing_tag(sharing: Sequence[str]) -> str:

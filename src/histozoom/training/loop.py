@@ -23,16 +23,18 @@ repeats the uninterrupted one exactly (on CPU bit for bit). On CPU
 channels_last by default. Under ``torchrun`` the model is wrapped in
 DistributedDataParallel; rank 0 validates and writes.
 
-The config (a dataclass) must provide the fields ``epochs, batch_size, lr, weight_decay,
-gamma, seed, device, num_workers, amp, channels_last, deterministic, sync_bn, progress,
-tensorboard, stop_after, max_train_batches, bn_recalibration``, and the methods
-``milestone_epochs()``, ``save(path)``, ``load(path)`` (classmethod), ``differences(other)``,
-``replace(**kw)`` and ``to_dict()``.
+The config (a :class:`~histozoom.training.config.RunConfig`) names a recipe
+(:mod:`histozoom.training.recipe`): what it resolves when the run starts — the LR (a range
+test, :mod:`histozoom.training.lr_finder`, for ``default`` without ``lr``), the schedule,
+the BatchNorm recalibration — is written into the saved config's ``resolved`` and reused on
+resume. ``extend`` adds epochs after the schedule (``resume`` with a longer ``extend``).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import math
 import os
 import random
 import time
@@ -53,6 +55,8 @@ from ..models.checkpoint import BEST_CHECKPOINT as CHECKPOINT_NAME
 from ..models.checkpoint import WEIGHTS_FILE, save_pretrained
 from .config import RUNTIME_FIELDS
 from .distributed import SINGLE, DistInfo, EpochSampler, barrier, broadcast_object
+from .lr_finder import lr_range_test
+from .recipe import FINAL_FRACTION, PAPER_LR, TAIL_START, auto_bn_batches, default_lr_factor
 from .resume_state import LEGACY_STATE_FILE, STATE_FILE, read_resume_state, save_state
 
 LAST_DIR = "last"
@@ -224,8 +228,9 @@ class RunLoop:
     def make_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    def make_param_groups(self, model: torch.nn.Module) -> list[dict]:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": self.cfg.lr,
+    def make_param_groups(self, model: torch.nn.Module, lr: float) -> list[dict]:
+        """Optimiser parameter groups at base learning rate ``lr``."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr,
                  "name": "all", "weight_decay": self.cfg.weight_decay}]
 
     def make_train_set(self) -> Dataset:
@@ -267,10 +272,14 @@ class RunLoop:
             if not resume:
                 raise InputError(self.run, "a training run exists here; continue it with resume (--resume) or choose a new --out")
             diff = saved.differences(cfg)
+            n = len(saved.extend)
+            if "extend" in diff and len(cfg.extend) > n and tuple(cfg.extend[:n]) == tuple(saved.extend):
+                del diff["extend"]  # more epochs after the schedule: allowed
             if diff:
                 listed = ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
-                raise InputError(saved_path, f"resume with different settings: {listed}")
-            return saved.replace(**{k: getattr(cfg, k) for k in self.runtime_fields})
+                hint = (" (to train longer, keep --epochs and add --extend N)" if "epochs" in diff else "")
+                raise InputError(saved_path, f"resume with different settings: {listed}{hint}")
+            return saved.replace(extend=cfg.extend, **{k: getattr(cfg, k) for k in self.runtime_fields})
         if self.run.exists() and any(p.name != LOCK_FILE for p in self.run.iterdir()) and not resume:
             raise InputError(self.run, "output folder exists and is not a training run; choose a new --out")
         return cfg
@@ -284,8 +293,6 @@ class RunLoop:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.optimizer = torch.optim.Adam(self.make_param_groups(model))
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.milestone_epochs(), cfg.gamma)
         self.train_set = SeededSamples(self.make_train_set(), cfg.seed)
         self.augment = getattr(self.train_set.data, "augment", None)
         n_local = -(-len(self.train_set) // self.dist.world_size)
@@ -306,6 +313,97 @@ class RunLoop:
         self.history: list[dict] = []
         self.best: dict[str, Any] = {"epoch": 0, "score": None}
         self.start_epoch = 1
+        self.steps_per_epoch = len(self.loader) if cfg.max_train_batches is None else min(len(self.loader),
+                                                                                            cfg.max_train_batches)
+        self._resolve_recipe()
+        self.optimizer = torch.optim.Adam(self.make_param_groups(model, self.cfg.resolved["lr"]))
+        if self.cfg.recipe == "paper":  # stepped once per epoch, exactly as the challenge baseline
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.milestone_epochs(), cfg.gamma)
+            self.step_per_batch = False
+        else:
+            spe, c = self.steps_per_epoch, self.cfg
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda s: default_lr_factor(s, spe, c.epochs, c.extend, c.warmup))
+            self.step_per_batch = True
+
+    # ------------------------------------------------------------------ the recipe
+    def _resolve_recipe(self) -> None:
+        """Fill ``cfg.resolved`` (kept from the saved config on resume): ``lr`` (given, the
+        paper's, or found by the range test), ``bn_recalibration``, ``schedule``,
+        ``steps_per_epoch``; and what :meth:`resolve_extra` adds."""
+        cfg = self.cfg
+        res = dict(cfg.resolved)
+        if "lr" not in res:
+            if cfg.lr is not None:
+                res["lr"], res["lr_source"] = float(cfg.lr), "given"
+            elif cfg.recipe == "paper":
+                res["lr"], res["lr_source"] = PAPER_LR, "paper"
+            else:
+                found = self.find_lr()
+                res["lr"], res["lr_source"], res["lr_finder"] = found.suggestion, "lr_finder", found.summary()
+                self.log(f"learning rate {found.suggestion:.3g} from a range test over {len(found.lrs)} steps "
+                         f"(smoothed loss lowest at {found.minimum_lr:.3g}; {found.stopped})")
+        if "bn_recalibration" not in res:
+            res["bn_recalibration"] = (auto_bn_batches(cfg.recipe, self.steps_per_epoch)
+                                       if cfg.bn_recalibration is None else int(cfg.bn_recalibration))
+        res["steps_per_epoch"] = self.steps_per_epoch
+        if cfg.recipe == "paper":
+            res["schedule"] = {"kind": "multistep", "per": "epoch", "milestones": cfg.milestone_epochs(),
+                               "gamma": cfg.gamma, "extensions": "constant at the last LR"}
+        else:
+            total = cfg.epochs * self.steps_per_epoch
+            res["schedule"] = {"kind": "warmup+cosine", "per": "step", "steps": total,
+                               "warmup_steps": math.ceil(cfg.warmup * total), "final_fraction": FINAL_FRACTION,
+                               "extensions": f"cosine from {TAIL_START} to {FINAL_FRACTION} of the LR"}
+        res.update(self.resolve_extra())
+        self.cfg = cfg.replace(resolved=res)
+        self.bn_batches = int(res["bn_recalibration"])
+        if self.dist.is_main and res != cfg.resolved:
+            self.cfg.save(self.run / self.config_file)
+
+    def resolve_extra(self) -> dict[str, Any]:
+        """More resolved values of the subclass's recipe (e.g. the loss)."""
+        return {}
+
+    def find_lr(self):
+        """The LR range test on this run's model and data (rank 0; broadcast to the others).
+        Weights, BatchNorm statistics and the RNG are restored afterwards."""
+        result = None
+        if self.dist.is_main:
+            snapshot = copy.deepcopy(self.model.state_dict())
+            rng = torch.get_rng_state()
+            groups = self.make_param_groups(self.model, 1.0)  # lr 1: each group's ratio to the base LR
+            ratios = [g["lr"] for g in groups]
+            opt = torch.optim.Adam(groups)
+            batches = iter(())
+            self.sampler.set_epoch(0)
+
+            def step(lr: float) -> float:
+                nonlocal batches
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    batches = iter(self.loader)
+                    batch = next(batches)
+                for g, r in zip(opt.param_groups, ratios, strict=True):
+                    g["lr"] = lr * r
+                self.model.train()
+                b = self.to_device(batch)
+                with self._autocast():
+                    out = self.forward(self.model, b)
+                loss, _ = self.loss(out, b)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return float(loss.detach())
+
+            try:
+                result = lr_range_test(step, steps=self.cfg.lr_finder_steps)
+            finally:
+                self.model.load_state_dict(snapshot)
+                torch.set_rng_state(rng)
+                del opt
+        return broadcast_object(result, self.dist)
 
     def _load_last(self) -> None:
         last = self.run / LAST_DIR
@@ -329,6 +427,9 @@ class RunLoop:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if self.step_per_batch:  # the LR of the next step under this config (an extension starts its tail)
+                for g, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+                    g["lr"] = base * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
             set_rng_state(state["rng"], self.augment)
             history, best, epoch = state["history"], state["best"], int(state["epoch"])
             if not (isinstance(history, list) and isinstance(best, dict) and {"epoch", "score"} <= set(best)):
@@ -384,11 +485,13 @@ class RunLoop:
         if self.cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
 
-            it = bar = tqdm(self.loader, desc=f"epoch {epoch}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
+            it = bar = tqdm(self.loader, desc=f"epoch {epoch}/{self.cfg.total_epochs()}", leave=False, dynamic_ncols=True)
         for b, batch in enumerate(it):
             if self.cfg.max_train_batches is not None and b >= self.cfg.max_train_batches:
                 break
             parts = self.train_step(batch)
+            if self.step_per_batch:
+                self.scheduler.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -430,7 +533,7 @@ class RunLoop:
         """Train to ``cfg.epochs`` (or ``cfg.stop_after``), then test; returns the summary
         (also ``RUN/done.json`` once the schedule is complete)."""
         done = read_done(self.run)
-        if done is not None and self.resume:
+        if done is not None and self.resume and done.get("epochs_done", 0) >= self.cfg.total_epochs():
             self.log(f"{self.run} is finished already")
             return done
         prev_det = torch.are_deterministic_algorithms_enabled()
@@ -466,8 +569,10 @@ class RunLoop:
 
     def _fit_locked(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
-        if main and not (self.run / self.config_file).is_file():
-            cfg.save(self.run / self.config_file)
+        if main and (not (self.run / self.config_file).is_file() or cfg.extend):
+            cfg.save(self.run / self.config_file)  # a new run, or a longer extend
+        if main:
+            (self.run / DONE_FILE).unlink(missing_ok=True)  # finished runs returned in fit(): this one is going on
         barrier(self.dist)
         self.build()
         if self.resume:
@@ -476,19 +581,20 @@ class RunLoop:
         t_run = time.time()
         last_epoch = self.start_epoch - 1
         try:
-            for epoch in range(self.start_epoch, cfg.epochs + 1):
+            for epoch in range(self.start_epoch, cfg.total_epochs() + 1):
                 t0 = time.time()
                 self.sampler.set_epoch(epoch)
                 torch.manual_seed(derive_seed(cfg.seed, epoch, self.dist.rank))
                 self.epoch_hook(epoch)
                 lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
                 losses = self._train_epoch(epoch)
-                self.scheduler.step()
+                if not self.step_per_batch:
+                    self.scheduler.step()
                 t_train = time.time() - t0
                 if main:
                     t1 = time.time()
-                    if cfg.bn_recalibration:
-                        self.recalibrate_bn(cfg.bn_recalibration)
+                    if self.bn_batches:
+                        self.recalibrate_bn(self.bn_batches)
                     val = self.validate()
                     score = None if val is None else val.get(self.score_key)
                     if val is not None and score is None:
@@ -507,19 +613,19 @@ class RunLoop:
                             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
                                 tb.add_scalar(k.replace("_", "/", 1), v, epoch)
                         tb.flush()
-                    msg = f"epoch {epoch}/{cfg.epochs}: loss {losses.get('loss', float('nan')):.4f}"
+                    msg = f"epoch {epoch}/{cfg.total_epochs()}: loss {losses.get('loss', float('nan')):.4f}"
                     if score is not None:
                         msg += f", val {self.score_key} {score:.4f}" + (" (best)" if improved else "")
                     self.log(msg + f" [{time.time() - t0:.1f}s]")
                 barrier(self.dist)
                 last_epoch = epoch
-                if cfg.stop_after is not None and epoch >= cfg.stop_after and epoch < cfg.epochs:
+                if cfg.stop_after is not None and epoch >= cfg.stop_after and epoch < cfg.total_epochs():
                     self.log(f"stopping after epoch {epoch} (stop_after); continue with resume")
                     break
         finally:
             if tb is not None:
                 tb.close()
-        finished = last_epoch >= cfg.epochs
+        finished = last_epoch >= cfg.total_epochs()
         summary = None
         if main:
             summary = self.summary(finished, time.time() - t_run)
@@ -532,7 +638,7 @@ class RunLoop:
         best_row = next((r for r in self.history if r["epoch"] == self.best["epoch"]), {})
         out: dict[str, Any] = {
             "run": str(self.run), "model": self.cfg.model, "finished": finished,
-            "epochs_done": last.get("epoch", 0), "epochs": self.cfg.epochs,
+            "epochs_done": last.get("epoch", 0), "epochs": self.cfg.total_epochs(),
             "best_epoch": self.best["epoch"], "val": best_row.get("val"), "test": None,
             "checkpoint": str(self.run / CHECKPOINT_NAME), "seconds_this_session": round(seconds, 1),
             "train_seconds_total": round(sum(r.get("train_time_s", 0.0) for r in self.history), 1),

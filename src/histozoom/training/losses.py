@@ -1,4 +1,5 @@
-"""Losses for the cell and tissue branches (OCELOT supplement B: Dice on both).
+"""Losses for the cell and tissue branches (OCELOT supplement B: Dice on both; the default
+recipe adds pixel-wise cross-entropy, ``loss="dice+ce"``).
 
 Soft multi-class Dice over a softmax: for each channel ``c`` of the batch,
 ``dice_c = (2·Σ p_c·g_c + ε) / (Σ p_c + Σ g_c + ε)`` summed over all valid pixels of all
@@ -55,9 +56,28 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1.0 - dice.mean()
 
 
+def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean pixel-wise cross-entropy of ``logits`` (B, C, H, W) against channel indices
+    ``target`` (B, H, W), ``IGNORE`` pixels left out (0 when every pixel is ignored);
+    logits are resized to the target bilinearly as for the Dice loss."""
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    if not (target != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cross_entropy: bool) -> tuple[torch.Tensor, float]:
+    """Dice (+ cross-entropy): the loss and the Dice part's value."""
+    dice = soft_dice_loss(logits, target)
+    total = dice + cross_entropy_loss(logits, target) if cross_entropy else dice
+    return total, float(dice.detach())
+
+
 class CellTissueLoss(torch.nn.Module):
-    """``w_cell · Dice(cell) + w_tissue · Dice(tissue)`` (tissue term skipped when its weight
-    is 0 or the batch has no tissue labels — Table 7's "large FoV without tissue labels").
+    """``w_cell · L(cell) + w_tissue · L(tissue)`` with ``L`` = Dice (``loss="dice"``, the
+    paper's) or Dice + cross-entropy (``"dice+ce"``); the tissue term is skipped when its
+    weight is 0 or the batch has no tissue labels — Table 7's "large FoV without tissue labels".
 
     ``tissue_in_cell_frame``: the tissue branch sees the cell view (Table 7's "tissue labels
     without large FoV"), so its target is the tissue mask cropped to the cell window.
@@ -70,8 +90,12 @@ class CellTissueLoss(torch.nn.Module):
         cell_weight: float = 1.0,
         tissue_weight: float = 1.0,
         tissue_in_cell_frame: bool = False,
+        loss: str = "dice",
     ):
         super().__init__()
+        if loss not in ("dice", "dice+ce"):
+            raise ValueError(f"loss must be 'dice' or 'dice+ce', got {loss!r}")
+        self.cross_entropy = loss == "dice+ce"
         self.register_buffer("cell_table", label_lookup(cell_classes, background=True), persistent=False)
         tissue = tissue_classes or ClassSet(("none",), (1,))
         self.register_buffer("tissue_table", label_lookup(tissue, background=False), persistent=False)
@@ -80,11 +104,14 @@ class CellTissueLoss(torch.nn.Module):
         self.tissue_key = "tissue_target_cell" if tissue_in_cell_frame else "tissue_target"
 
     def forward(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        cell = soft_dice_loss(outputs["cell_logits"], to_channels(batch["cell_target"], self.cell_table))
+        cell, cell_dice = segmentation_loss(outputs["cell_logits"], to_channels(batch["cell_target"], self.cell_table),
+                                            self.cross_entropy)
         total = self.cell_weight * cell
-        parts = {"cell_dice_loss": float(cell.detach())}
+        parts = {"cell_dice_loss": cell_dice}
         if self.tissue_weight and "tissue_logits" in outputs and self.tissue_key in batch:
-            tissue = soft_dice_loss(outputs["tissue_logits"], to_channels(batch[self.tissue_key], self.tissue_table))
+            tissue, tissue_dice = segmentation_loss(outputs["tissue_logits"],
+                                                    to_channels(batch[self.tissue_key], self.tissue_table),
+                                                    self.cross_entropy)
             total = total + self.tissue_weight * tissue
-            parts["tissue_dice_loss"] = float(tissue.detach())
+            parts["tissue_dice_loss"] = tissue_dice
         return total, parts

@@ -78,7 +78,9 @@ class NucleiTrainConfig(RunConfig):
 
     watershed: dict[str, Any] = field(default_factory=dict)
 
-    # the schedule's defaults differ from the OCELOT recipe's (RunConfig)
+    # the schedule's defaults differ from the OCELOT recipe's (RunConfig): CHR-Net's paper recipe
+    recipe: str = "paper"
+    lr: float | None = 1e-4
     epochs: int = 50
     batch_size: int = 4
     weight_decay: float = 0.0
