@@ -16,9 +16,10 @@ last finished epoch, so re-running an interrupted demo continues where it stoppe
 
 The default (``DemoConfig.quick()``) fits in about 15 minutes on a 2-core CPU: views of
 128 px at 0.4 / 1.6 µm/px (a 51 µm cell field inside a 205 µm tissue field, the OCELOT
-ratio of 4), a ResNet-18 encoder with 64 decoder channels, 60 epochs on 32 training pairs,
-BatchNorm statistics re-estimated before each validation (few steps per epoch otherwise
-leave them lagging). ``DemoConfig.long()`` (``histozoom demo --long``) trains the paper's
+ratio of 4), a ResNet-18 encoder with 64 decoder channels (the one concession to the time
+budget), 60 epochs on 32 training pairs, and everything else the default training recipe
+chooses (:mod:`histozoom.training.recipe`: LR from a range test, warm-up + cosine, Dice +
+cross-entropy, BatchNorm recalibration). ``DemoConfig.long()`` (``histozoom demo --long``) trains the paper's
 ResNet-34 DeepLabV3+ at 256 px on four times the data for longer.
 """
 
@@ -83,7 +84,7 @@ class DemoConfig:
     models: tuple[str, ...] = DEMO_MODELS
     model_overrides: dict[str, Any] = field(default_factory=lambda: {"encoder_name": "resnet18",
                                                                      "decoder_channels": 64})
-    train: dict[str, Any] = field(default_factory=lambda: {"batch_size": 8, "lr": 1e-3, "bn_recalibration": 4})
+    train: dict[str, Any] = field(default_factory=dict)  # the default recipe decides LR, schedule, loss, BatchNorm
     bootstrap: int = 10_000
     seed: int = 0
     progress: bool = True
@@ -98,7 +99,7 @@ class DemoConfig:
     def long(cls, out: Path, shared_data: Path, **kw: Any) -> DemoConfig:
         """Closer to the paper: ResNet-34 DeepLabV3+ (default decoder), 256 px, 4x the data, 150 epochs."""
         base = dict(size=256, cell_mpp=0.2, tissue_mpp=0.8, n_train=128, n_val=16, n_test=64, epochs=150,
-                    model_overrides={}, train={"batch_size": 8, "lr": 5e-4, "bn_recalibration": 8})
+                    model_overrides={}, train={})
         return cls(out, shared_data, **{**base, **kw})
 
 

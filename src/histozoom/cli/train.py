@@ -27,6 +27,7 @@ from ._common import (
     MAX_LR,
     MAX_SIDE,
     MAX_WORKERS,
+    bounded_int,
     key_value,
     nonnegative_float,
     nonnegative_int,
@@ -86,6 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="re-estimate BatchNorm statistics from B training batches before each validation "
                         "(0 = off; default: the recipe's, 16 when an epoch has under 100 steps with --recipe default)")
     p.add_argument("--loss", choices=LOSSES, help="dice (the paper's) or dice+ce (the default recipe's)")
+    p.add_argument("--lr-finder-steps", type=bounded_int(10, MAX_COUNT), metavar="N",
+                   help="steps of the LR range test (--recipe default without --lr; default 100)")
     p.add_argument("--warmup", type=probability, help="warm-up fraction of the steps (--recipe default; default 0.05)")
     p.add_argument("--seed", type=seed, help="seed (default 0)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
@@ -101,6 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 _FIELDS = {
     "data": "data", "model": "model", "recipe": "recipe", "loss": "loss", "warmup": "warmup",
+    "lr_finder_steps": "lr_finder_steps",
     "epochs": "epochs", "stop_after": "stop_after", "size": "size",
     "batch_size": "batch_size", "lr": "lr", "cell_lr_ratio": "cell_lr_ratio", "weight_decay": "weight_decay",
     "cell_dropout": "cell_dropout", "tissue_dropout": "tissue_dropout", "cell_weight": "cell_weight",

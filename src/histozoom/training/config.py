@@ -1,9 +1,11 @@
 """What defines a training run: :class:`TrainConfig`, saved as ``RUN/train_config.json``.
 
-Defaults follow the OCELOT paper (CVPR 2023, §6.2, supplement B) where it says something,
-and for the schedule the cell-only baseline of the OCELOT 2023 challenge report (§4.1,
-"Overall results": "initial learning rate of 1e-4 ... reducing by a factor of 0.3 in
-epochs 180 and 240 ... 300 epochs ... weight decay of 1e-5"), which the paper does not state:
+``recipe`` (:mod:`histozoom.training.recipe`) picks the optimisation: ``"default"``
+adapts LR and schedule to the budget; ``"paper"`` is the recipe below, exactly. It follows
+the OCELOT paper (CVPR 2023, §6.2, supplement B) where it says something, and for the
+schedule the cell-only baseline of the OCELOT 2023 challenge report (§4.1, "Overall
+results": "initial learning rate of 1e-4 ... reducing by a factor of 0.3 in epochs 180 and
+240 ... 300 epochs ... weight decay of 1e-5"), which the paper does not state:
 
 * Adam (paper); ``lr`` = 1e-4, weight decay 1e-5, step decay ×0.3 at 60 % and 80 % of
   the epochs (``MultiStepLR``; 180 and 240 of 300) — the challenge report's baseline.
@@ -193,13 +195,18 @@ class TrainConfig(RunConfig):
     ``cell_dropout``/``tissue_dropout`` (``None`` keeps the variant's default: 0.1),
     ``no_tissue_loss``/``no_large_fov`` (Table 7 ablations, see the module doc).
 
-    Optimisation: ``epochs``, ``batch_size`` (per process), ``lr`` (tissue branch),
-    ``cell_lr_ratio``, ``weight_decay``, ``milestones`` (fractions of ``epochs``),
-    ``gamma``, ``cell_weight``/``tissue_weight`` (loss weights).
+    Optimisation: ``recipe`` ("default" or "paper"), ``epochs`` (the schedule's length),
+    ``extend`` (epochs added after it, one entry per extension), ``batch_size`` (per
+    process), ``lr`` (tissue branch; ``None``: the recipe's — a range test over
+    ``lr_finder_steps`` steps, or 1e-4), ``warmup`` (default recipe: fraction of the
+    steps), ``cell_lr_ratio``, ``weight_decay``, ``milestones`` (paper recipe: fractions
+    of ``epochs``), ``gamma``, ``loss`` ("dice" or "dice+ce"; ``None``: the recipe's),
+    ``cell_weight``/``tissue_weight`` (loss weights). ``resolved``: what the recipe
+    chose, filled in by the trainer (not compared on resume).
 
     ``bn_recalibration``: before each validation, re-estimate the BatchNorm running
     statistics from this many training batches (a cumulative average, "precise BN");
-    0 = off, the paper's recipe. With few steps per epoch at a high LR the running
+    0 = off, the paper's recipe; ``None``: the recipe's. With few steps per epoch at a high LR the running
     averages lag the weights and eval-mode outputs suffer (seen on small synthetic sets:
     tissue accuracy 0.54 with the running statistics, 0.92 re-estimated).
 

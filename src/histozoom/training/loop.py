@@ -342,7 +342,8 @@ class RunLoop:
                 found = self.find_lr()
                 res["lr"], res["lr_source"], res["lr_finder"] = found.suggestion, "lr_finder", found.summary()
                 self.log(f"learning rate {found.suggestion:.3g} from a range test over {len(found.lrs)} steps "
-                         f"(smoothed loss lowest at {found.minimum_lr:.3g}; {found.stopped})")
+                         f"(loss falls fastest at {found.steepest_lr:.3g}, lowest at {found.minimum_lr:.3g}; "
+                         f"{found.stopped})")
         if "bn_recalibration" not in res:
             res["bn_recalibration"] = (auto_bn_batches(cfg.recipe, self.steps_per_epoch)
                                        if cfg.bn_recalibration is None else int(cfg.bn_recalibration))
