@@ -14,7 +14,7 @@
 Steps whose outputs already exist are reused and an interrupted training resumes from its
 last finished epoch, so re-running an interrupted demo continues where it stopped.
 
-The default (``DemoConfig.quick()``) fits in about 15 minutes on a 2-core CPU: views of
+The default (``DemoConfig.quick()``) took 36 minutes on a 2-core CPU shared with another training (README): views of
 128 px at 0.4 / 1.6 µm/px (a 51 µm cell field inside a 205 µm tissue field, the OCELOT
 ratio of 4), a ResNet-18 encoder with 64 decoder channels (the one concession to the time
 budget), 60 epochs on 32 training pairs, and everything else the default training recipe
@@ -92,7 +92,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, out: Path, shared_data: Path, **kw: Any) -> DemoConfig:
-        """The default demo (about 15 minutes on 2 CPU cores)."""
+        """The default demo (36 minutes measured on 2 shared CPU cores; see the README)."""
         return cls(out, shared_data, **kw)
 
     @classmethod
