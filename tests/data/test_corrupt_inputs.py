@@ -149,39 +149,33 @@ def _check(read: Callable[[Path], object], path: Path) -> None:
 # ---------------------------------------------------------------------- properties
 
 
-@pytest.mark.parametrize("fmt", sorted(READERS))
-def test_corrupted_bytes_give_a_result_or_a_named_error(fmt):
-    name, make, read = READERS[fmt]
-    with tempfile.TemporaryDirectory() as tmp:
-        good = Path(tmp) / name
-        make(good)
-        read(good)  # the valid file reads
-        data = good.read_bytes()
-
-        @SETTINGS
-        @given(byte_corruption(data))
-        def prop(bad: bytes):
-            good.write_bytes(bad)
-            _check(read, good)
-
-        prop()
-
-
-@pytest.mark.parametrize("fmt", [f for f in sorted(READERS) if READERS[f][0].endswith(".json")])
-def test_corrupted_json_values_give_a_result_or_a_named_error(fmt):
+def _corrupt_and_read(fmt: str, corruptions) -> None:
+    """Write a valid file of ``fmt``, check that it reads, then feed every corruption that
+    ``corruptions(path)`` (a hypothesis strategy of bytes) draws to its reader."""
     name, make, read = READERS[fmt]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         make(path)
-        doc = json.loads(path.read_text())
+        read(path)  # the valid file reads
+        strategy = corruptions(path)
 
         @SETTINGS
-        @given(json_corruption(doc))
+        @given(strategy)
         def prop(bad: bytes):
             path.write_bytes(bad)
             _check(read, path)
 
         prop()
+
+
+@pytest.mark.parametrize("fmt", sorted(READERS))
+def test_corrupted_bytes_give_a_result_or_a_named_error(fmt):
+    _corrupt_and_read(fmt, lambda path: byte_corruption(path.read_bytes()))
+
+
+@pytest.mark.parametrize("fmt", [f for f in sorted(READERS) if READERS[f][0].endswith(".json")])
+def test_corrupted_json_values_give_a_result_or_a_named_error(fmt):
+    _corrupt_and_read(fmt, lambda path: json_corruption(json.loads(path.read_text())))
 
 
 def _read_whole_dataset(root: Path) -> None:

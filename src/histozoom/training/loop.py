@@ -359,8 +359,8 @@ class RunLoop:
         res.update(self.resolve_extra())
         self.cfg = cfg.replace(resolved=res)
         self.bn_batches = int(res["bn_recalibration"])
-        if self.dist.is_main and res != cfg.resolved:
-            self.cfg.save(self.run / self.config_file)
+        if self.dist.is_main and (res != cfg.resolved or cfg.extend):
+            self.cfg.save(self.run / self.config_file)  # a new run, new resolved values, or a longer extend
 
     def resolve_extra(self) -> dict[str, Any]:
         """More resolved values of the subclass's recipe (e.g. the loss)."""
@@ -389,14 +389,7 @@ class RunLoop:
                 for g, r in zip(opt.param_groups, ratios, strict=True):
                     g["lr"] = lr * r
                 self.model.train()
-                b = self.to_device(batch)
-                with self._autocast():
-                    out = self.forward(self.model, b)
-                loss, _ = self.loss(out, b)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                return float(loss.detach())
+                return self.train_step(batch, self.model, opt)["loss"]
 
             try:
                 result = lr_range_test(step, steps=self.cfg.lr_finder_steps)
@@ -466,15 +459,19 @@ class RunLoop:
             out[k] = v
         return out
 
-    def train_step(self, batch: dict) -> dict[str, float]:
-        """One optimisation step on a collated batch; returns the loss and its parts."""
+    def train_step(self, batch: dict, model: torch.nn.Module | None = None,
+                   optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
+        """One optimisation step on a collated batch with ``model`` and ``optimizer``
+        (default: the run's, DDP-wrapped); returns the loss and its parts."""
+        model = self.ddp if model is None else model
+        optimizer = self.optimizer if optimizer is None else optimizer
         batch = self.to_device(batch)
         with self._autocast():
-            out = self.forward(self.ddp, batch)
+            out = self.forward(model, batch)
         loss, parts = self.loss(out, batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        optimizer.step()
         return {"loss": float(loss.detach()), **parts}
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -570,8 +567,6 @@ class RunLoop:
 
     def _fit_locked(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
-        if main and (not (self.run / self.config_file).is_file() or cfg.extend):
-            cfg.save(self.run / self.config_file)  # a new run, or a longer extend
         if main:
             (self.run / DONE_FILE).unlink(missing_ok=True)  # finished runs returned in fit(): this one is going on
         barrier(self.dist)
