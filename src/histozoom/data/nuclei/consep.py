@@ -26,6 +26,7 @@ from ...atomic import atomic_open
 from ...errors import InputError
 from ...pair import ClassSet
 from ..io import read_rgb, write_image
+from ..matfile import read_mat_arrays
 from .records import (
     CONSEP_CLASSES,
     IMAGE_EXTS,
@@ -53,17 +54,8 @@ class ConsepLabels(NamedTuple):
     meta: dict[str, Any]
 
 
-def _loadmat(path: Path) -> dict:
-    import scipy.io
-
-    if not path.is_file():
-        raise InputError(path, "file not found")
-    try:
-        return scipy.io.loadmat(path)
-    except NotImplementedError as e:  # v7.3 (HDF5) files
-        raise InputError(path, f"cannot read MATLAB file ({e}); save it as -v7") from e
-    except Exception as e:  # scipy raises a zoo of types on corrupt files
-        raise InputError(path, f"cannot read MATLAB file ({type(e).__name__}: {e})") from e
+CONSEP_VARIABLES = ("inst_map", "type_map", "inst_type", "inst_centroid")
+"""The variables read from a CoNSeP-style file; any others are skipped unread."""
 
 
 def consep_classes(
@@ -109,8 +101,8 @@ def read_consep_labels(mat_path: str | Path) -> ConsepLabels:
     neither. Errors (unreadable file, no ``inst_map``, bad arrays) name the file.
     """
     mat_path = Path(mat_path)
-    m = _loadmat(mat_path)
-    keys = sorted(k for k in m if not k.startswith("__"))
+    m, names = read_mat_arrays(mat_path, CONSEP_VARIABLES)
+    keys = sorted(set(names))
     if "inst_map" not in m:
         raise InputError(mat_path, f"no 'inst_map' variable (has {keys})")
     inst = check_instance_map(m["inst_map"], mat_path)
