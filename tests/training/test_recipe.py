@@ -174,3 +174,17 @@ def test_configs_saved_before_recipes_resume_as_paper(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(old))
     loaded = TrainConfig.load(tmp_path / "c.json")
     assert loaded.recipe == "paper" and loaded.lr == 1e-4
+
+
+def test_the_recipe_sets_the_dropout_unless_the_run_does():
+    from histozoom.models.registry import get_config
+    from histozoom.training.config import TrainConfig
+
+    def drops(**kw):
+        c = get_config("pred-to-inter-2", **TrainConfig(data="d", model="pred-to-inter-2", **kw).model_kwargs(2, 2))
+        return c.cell_dropout, c.tissue_dropout
+
+    assert drops() == (0.0, 0.0)  # default recipe: no dropout in short runs
+    assert drops(recipe="paper") == (0.1, 0.1)  # the paper's
+    assert drops(cell_dropout=0.3) == (0.3, 0.0)
+    assert drops(recipe="paper", tissue_dropout=0.5) == (0.1, 0.5)

@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", choices=RECIPES, default="default", help="training recipe of every run (see train --help)")
     p.add_argument("--lr", type=positive_float(MAX_LR), help="with --no-tune (default: the recipe's)")
     p.add_argument("--cell-lr-ratio", type=positive_float(100.0), default=1.0, help="with --no-tune")
-    p.add_argument("--cell-dropout", type=probability, help="with --no-tune (default: the model's, 0.1)")
+    p.add_argument("--cell-dropout", type=probability, help="with --no-tune (default: the recipe's: 0, paper 0.1)")
     p.add_argument("--tissue-dropout", type=probability)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--model-arg", type=key_value, action="append", metavar="KEY=VALUE",

@@ -74,8 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cell-lr-ratio", type=positive_float(100.0), help="cell-branch LR = lr x ratio (paper: 1 or 0.5; default 1)")
     p.add_argument("--weight-decay", type=nonnegative_float(1.0), help="Adam weight decay (default 1e-5)")
     p.add_argument("--cell-dropout", type=probability,
-                   help="spatial dropout after each ResNet block of the cell branch (0.1/0.3/0.5)")
-    p.add_argument("--tissue-dropout", type=probability, help="same for the tissue branch (paper: 0.1)")
+                   help="spatial dropout after each ResNet block of the cell branch (default: the recipe's: 0; paper: 0.1)")
+    p.add_argument("--tissue-dropout", type=probability, help="same for the tissue branch (default 0; paper: 0.1)")
     p.add_argument("--cell-weight", type=nonnegative_float(1000.0), help="cell loss weight (default 1)")
     p.add_argument("--tissue-weight", type=nonnegative_float(1000.0), help="tissue loss weight (default 1)")
     p.add_argument("--no-tissue-loss", action="store_const", const=True, help="Table 7: large FoV without tissue labels")

@@ -192,13 +192,15 @@ class TrainConfig(RunConfig):
     files may name files outside its folder; off by default, saved with the run).
 
     Model: ``model`` (registry name), ``model_overrides`` (``CellTissueConfig`` fields),
-    ``cell_dropout``/``tissue_dropout`` (``None`` keeps the variant's default: 0.1),
+    ``cell_dropout``/``tissue_dropout`` (``None``: the recipe's — 0 for ``default``, the
+    variant's 0.1 for ``paper``),
     ``no_tissue_loss``/``no_large_fov`` (Table 7 ablations, see the module doc).
 
     Optimisation: ``recipe`` ("default" or "paper"), ``epochs`` (the schedule's length),
     ``extend`` (epochs added after it, one entry per extension), ``batch_size`` (per
     process), ``lr`` (tissue branch; ``None``: the recipe's — a range test over
-    ``lr_finder_steps`` steps, or 1e-4), ``warmup`` (default recipe: fraction of the
+    ``lr_finder_steps`` steps -- fewer for a short run: at most a quarter of its steps,
+    but at least 40 -- or 1e-4), ``warmup`` (default recipe: fraction of the
     steps), ``cell_lr_ratio``, ``weight_decay``, ``milestones`` (paper recipe: fractions
     of ``epochs``), ``gamma``, ``loss`` ("dice" or "dice+ce"; ``None``: the recipe's),
     ``cell_weight``/``tissue_weight`` (loss weights). ``resolved``: what the recipe
@@ -262,10 +264,12 @@ class TrainConfig(RunConfig):
             kw["n_cell_classes"] = n_cell_classes
         if n_tissue_classes is not None:
             kw["n_tissue_classes"] = n_tissue_classes
-        if self.cell_dropout is not None:
-            kw["cell_dropout"] = self.cell_dropout
-        if self.tissue_dropout is not None:
-            kw["tissue_dropout"] = self.tissue_dropout
+        from .recipe import recipe_dropout
+
+        for name, value in (("cell_dropout", self.cell_dropout), ("tissue_dropout", self.tissue_dropout)):
+            value = recipe_dropout(self.recipe) if value is None else value
+            if value is not None:
+                kw[name] = value
         if self.no_tissue_loss:
             kw["tissue_supervised"] = False
         if self.no_large_fov:

@@ -55,6 +55,7 @@ from ..models.checkpoint import BEST_CHECKPOINT as CHECKPOINT_NAME
 from ..models.checkpoint import WEIGHTS_FILE, save_pretrained
 from .config import RUNTIME_FIELDS
 from .distributed import SINGLE, DistInfo, EpochSampler, barrier, broadcast_object
+from .lr_finder import MIN_STEPS as MIN_FINDER_STEPS
 from .lr_finder import lr_range_test
 from .recipe import FINAL_FRACTION, PAPER_LR, TAIL_START, auto_bn_batches, default_lr_factor
 from .resume_state import LEGACY_STATE_FILE, STATE_FILE, read_resume_state, save_state
@@ -366,6 +367,13 @@ class RunLoop:
         """More resolved values of the subclass's recipe (e.g. the loss)."""
         return {}
 
+    def lr_finder_steps(self) -> int:
+        """Range-test steps: ``cfg.lr_finder_steps``, but at most a quarter of the run's
+        training steps (at least :data:`~.lr_finder.MIN_STEPS`), so a short run does not
+        spend most of its budget finding its LR."""
+        total = self.cfg.total_epochs() * self.steps_per_epoch
+        return min(self.cfg.lr_finder_steps, max(MIN_FINDER_STEPS, total // 4))
+
     def find_lr(self):
         """The LR range test on this run's model and data (rank 0; broadcast to the others).
         Weights, BatchNorm statistics and the RNG are restored afterwards."""
@@ -392,7 +400,7 @@ class RunLoop:
                 return self.train_step(batch, self.model, opt)["loss"]
 
             try:
-                result = lr_range_test(step, steps=self.cfg.lr_finder_steps)
+                result = lr_range_test(step, steps=self.lr_finder_steps())
             finally:
                 self.model.load_state_dict(snapshot)
                 torch.set_rng_state(rng)

@@ -54,6 +54,10 @@ class LRFinderResult:
                 "curve": [[float(f"{self.lrs[i]:.4g}"), float(f"{self.smoothed[i]:.5g}")] for i in idx]}
 
 
+MIN_STEPS = 40
+"""Fewest range-test steps a trainer runs (smoothing and the slope window need them)."""
+
+
 def lr_range_test(
     step: Callable[[float], float],
     steps: int = 100,
