@@ -39,6 +39,7 @@ from ..errors import InputError
 from ..geometry import Placement
 from ..jsonio import read_json
 from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, ClassSet, Pair, Points
+from .slide_points import SLIDE_TABLE_EXTS, read_slide_table
 
 MASK_EXTS = (".png", ".tif", ".tiff", ".bmp")
 """File extensions of tissue mask images in a mask folder."""
@@ -342,6 +343,13 @@ def load_points(
             return _read_csv_folder(path, classes, image_size, align_to)
         if not path.exists():
             raise InputError(path, "file not found")
+        if path.suffix.lower() in SLIDE_TABLE_EXTS:
+            pts, side = read_slide_table(path, classes)
+            size = side.get("size") or tuple(int(np.ceil(v)) + 1 for v in pts.xy.max(axis=0, initial=0))
+            ps = PointSet({0: pts}, 1, {0: path.stem}, str(path), classes=classes, image_sizes={0: tuple(size)},
+                          cell_mpp=side.get("mpp"))
+            _check_points(pts, 0, classes, ps.image_sizes[0] if side.get("size") else None, str(path))
+            return ps
         cp = read_challenge_json(path, classes=classes, image_size=image_size, strict=strict)
         return PointSet(cp.points, cp.num_images, {}, str(path), cp.first_entry, classes)
     if isinstance(source, (Mapping, list, tuple)):

@@ -399,18 +399,53 @@ class CellTissueModel(nn.Module):
                 t_raw[pos] = tissue.advance()
             tissue_logits = tissue.finish()
             probs = tissue_logits.softmax(dim=1)
-        lockstep = tissue is not None and not self.tissue_first
+        if tissue is None or self.tissue_first:
+            out = {"cell_logits": self._run_cell(cell, t_raw, probs, leak, win)}
+            if tissue is not None:
+                out["tissue_logits"] = tissue_logits
+            return out
+        for pos in POSITIONS:  # lockstep: features go both ways
+            c_raw = cell.advance()
+            t_raw[pos] = tissue.advance()
+            cell.concat(self._into_cell(pos, c_raw.shape[-2:], t_raw, probs, leak, win))
+            tissue.concat(self._into_tissue(pos, c_raw, t_raw[pos].shape[-2:], win))
+        return {"cell_logits": cell.finish(), "tissue_logits": tissue.finish()}
+
+    def _run_cell(self, cell: StagedRun, t_raw, probs, leak, win) -> torch.Tensor:
         for pos in POSITIONS:
             c_raw = cell.advance()
-            if lockstep:
-                t_raw[pos] = tissue.advance()
             cell.concat(self._into_cell(pos, c_raw.shape[-2:], t_raw, probs, leak, win))
-            if lockstep:
-                tissue.concat(self._into_tissue(pos, c_raw, t_raw[pos].shape[-2:], win))
-        out = {"cell_logits": cell.finish()}
-        if tissue is not None:
-            out["tissue_logits"] = tissue.finish() if lockstep else tissue_logits
-        return out
+        return cell.finish()
+
+    # ------------------------------------------------------------------ the two branches apart (slides)
+    @property
+    def tissue_prediction_only(self) -> bool:
+        """Whether the cell branch receives nothing from the tissue branch but its softmax
+        (the pred-to-* variants): then the tissue branch can run once over a whole slide
+        (:meth:`tissue_probabilities`) and each cell tile take its window of that map
+        (:meth:`cell_logits_given_tissue`)."""
+        cfg = self.config
+        return (self.tissue is not None and self.tissue_first and not self.t2c and cfg.inject is not None
+                and not cfg.leak_tissue_labels and cfg.tissue_input == "tissue")
+
+    def tissue_probabilities(self, tissue_img: torch.Tensor) -> torch.Tensor:
+        """``(B, n_tissue_classes, Ht, Wt)`` softmax of the tissue branch (tissue frame)."""
+        if self.tissue is None:
+            raise ValueError(f"{self.config.name} has no tissue branch")
+        self._check_image(tissue_img, "tissue_img", self.tissue)
+        return self.tissue(tissue_img).softmax(dim=1)
+
+    def cell_logits_given_tissue(self, cell_img: torch.Tensor, tissue_probs: torch.Tensor,
+                                 windows: torch.Tensor | Iterable[Placement]) -> torch.Tensor:
+        """Cell logits with the tissue branch's softmax ``tissue_probs`` (any frame that
+        ``windows`` locates the cell view in) injected as in :meth:`forward`; equal to
+        ``forward(...)["cell_logits"]`` when ``tissue_probs`` is that forward's tissue
+        softmax. Only for :attr:`tissue_prediction_only` models."""
+        if not self.tissue_prediction_only:
+            raise ValueError(f"{self.config.name}: the cell branch needs more than the tissue prediction")
+        self._check_image(cell_img, "cell_img", self.cell)
+        win = self._windows(windows, cell_img.shape[0], cell_img.device)
+        return self._run_cell(StagedRun(self.cell, cell_img), {}, tissue_probs, None, win)
 
     def _into_cell(self, pos, size, t_raw, probs, leak, win) -> list[torch.Tensor]:
         """Tissue-frame maps aligned to the cell map of ``size`` at boundary ``pos``."""

@@ -124,8 +124,20 @@ class Trainer(RunLoop):
             self.mask_key = "tissue_target_cell" if mc.tissue_input == "cell" else "tissue_target"
         self.peak = PeakConfig(self.cfg.peak_min_distance_um, self.cfg.peak_threshold)
 
+    def model_views(self) -> dict:
+        """What the model reads (for slides): per view its input side in pixels and µm/px
+        after the training resize, from the first training pair."""
+        if getattr(self, "_views", None) is None:
+            pair = self.train_split[0]
+            out = {}
+            for view, (w, _), mpp in (("cell", pair.cell_size, pair.cell_mpp), ("tissue", pair.tissue_size, pair.tissue_mpp)):
+                side = self.cfg.size or w
+                out[view] = {"size": int(side), "mpp": float(mpp) * w / side}
+            self._views = out
+        return self._views
+
     def extra(self, epoch: int, val: dict | None) -> dict:
-        return {"spec": self.spec.to_dict(), "size": self.cfg.size,
+        return {"spec": self.spec.to_dict(), "size": self.cfg.size, "views": self.model_views(),
                 "peak": {"min_distance_um": self.peak.min_distance_um, "threshold": self.peak.threshold},
                 "epoch": epoch, "val": val, "train_config": self.cfg.to_dict()}
 

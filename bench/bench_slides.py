@@ -1,0 +1,110 @@
+"""Whole-slide inference: ratios measured in one run.
+
+1. Shared tissue map vs per-pair tiling for Pred-to-inter-2 at OCELOT geometry (cell
+   view at 0.2 µm/px, tissue view with 4× the field at 0.8 µm/px): whole-slide speed-up.
+2. End-to-end time / the model's forward time (reading, decoding and writing hidden
+   behind the model).
+3. Peak memory (RSS) of a slide with 4× the area / the smaller slide's (each in its own
+   process).
+4. mm² per minute and tiles per second.
+
+The model has random weights (speed does not depend on them); the slides are
+synthetic (``histozoom synth slide``) pyramidal TIFFs read through OpenSlide.
+
+    .venv/bin/python bench/bench_slides.py                 # CPU sizes (a few minutes)
+    .venv/bin/python bench/bench_slides.py --tile 512 --side-mm 2 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _checkpoint(root: Path, tile: int, encoder: str) -> Path:
+    from histozoom.data.base import DatasetSpec
+    from histozoom.models.checkpoint import save_pretrained
+    from histozoom.models.registry import build_model
+    from histozoom.pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES
+
+    torch.manual_seed(0)
+    model = build_model("pred-to-inter-2", encoder_name=encoder)
+    extra = {"spec": DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES).to_dict(), "size": tile,
+             "views": {"cell": {"size": tile, "mpp": 0.2}, "tissue": {"size": tile, "mpp": 0.8}},
+             "peak": {"min_distance_um": 2.0, "threshold": 0.5}}
+    return save_pretrained(model, root / "ckpt", extra=extra)
+
+
+def _slide(root: Path, side_mm: float, name: str) -> Path:
+    out = root / f"{name}.tiff"
+    subprocess.run([sys.executable, "-m", "histozoom", "synth", "slide", str(out), "--preset", "context",
+                    "--width-mm", str(side_mm), "--height-mm", str(side_mm), "--mpp", "0.2", "--seed", "0"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def run_one(ckpt: str, slide: str, out: str, context: str, batch: int, workers: int, device: str) -> dict:
+    """One slide run; prints its summary's timings and this process's peak RSS as JSON."""
+    from histozoom.slides.runner import SlideOptions, SlidePredictor
+
+    sp = SlidePredictor.from_checkpoint(ckpt, device=device)
+    t0 = time.perf_counter()
+    s = sp.predict_slide(slide, out, SlideOptions(batch_size=batch, workers=workers, progress=False, images=False,
+                                                  formats=("parquet",), context=context))
+    wall = time.perf_counter() - t0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"wall_s": wall, "model_s": s["model_seconds"], "tiles": s["tiles"], "mm2": s["tissue_area_mm2"],
+            "cells": s["cells"], "context": s["context"], "peak_rss_mb": rss_mb}
+
+
+def _in_process(args: list[str]) -> dict:
+    r = subprocess.run([sys.executable, __file__, "--one", *args], check=True, capture_output=True, text=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tile", type=int, default=256, help="cell and tissue view side in px (default 256)")
+    ap.add_argument("--side-mm", type=float, default=0.5, help="side of the small slide in mm (the large one: 2x)")
+    ap.add_argument("--encoder", default="resnet34")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--one", nargs=7, metavar="ARG", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        ckpt, slide, out, context, batch, workers, device = a.one
+        print(json.dumps(run_one(ckpt, slide, out, context, int(batch), int(workers), device)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ckpt = _checkpoint(root, a.tile, a.encoder)
+        small, large = _slide(root, a.side_mm, "small"), _slide(root, 2 * a.side_mm, "large")
+        common = [str(a.batch_size), str(a.workers), a.device]
+        shared = _in_process([str(ckpt), str(small), str(root / "o1"), "auto", *common])
+        per_tile = _in_process([str(ckpt), str(small), str(root / "o2"), "per-tile", *common])
+        big = _in_process([str(ckpt), str(large), str(root / "o3"), "auto", *common])
+    print(f"Pred-to-inter-2, {a.tile} px views at 0.2 / 0.8 µm/px, {a.encoder}, batch {a.batch_size}, "
+          f"{a.workers} reader threads, {a.device}, torch threads {torch.get_num_threads()}")
+    print(f"  small slide {a.side_mm} mm square: {shared['tiles']} cell tiles, {shared['mm2']:.3f} mm² of tissue, "
+          f"{shared['cells']} cells")
+    print(f"  shared tissue map: {shared['wall_s']:.1f} s; per-pair context: {per_tile['wall_s']:.1f} s; "
+          f"speed-up {per_tile['wall_s'] / shared['wall_s']:.2f}x")
+    print(f"  end-to-end / model forward: {shared['wall_s'] / shared['model_s']:.3f} (shared), "
+          f"{per_tile['wall_s'] / per_tile['model_s']:.3f} (per-pair)")
+    print(f"  peak RSS: {shared['peak_rss_mb']:.0f} MB (small), {big['peak_rss_mb']:.0f} MB (4x the area); "
+          f"ratio {big['peak_rss_mb'] / shared['peak_rss_mb']:.3f}")
+    print(f"  throughput: {60 * big['mm2'] / big['wall_s']:.3f} mm²/min, {big['tiles'] / big['wall_s']:.2f} tiles/s "
+          f"(large slide, shared map)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""``histozoom slide predict``: cell detection over whole slides (QuPath-ready outputs).
+
+Examples::
+
+    histozoom slide predict --checkpoint RUN --out OUT slide.svs
+    histozoom slide predict --checkpoint RUN --out OUT slides/ --skip-errors --formats parquet,geojson,csv
+    histozoom slide predict --checkpoint RUN --out OUT scan.png --mpp 0.25 --roi region.geojson --json
+
+Per slide, ``OUT/<slide stem>/`` gets ``cells.parquet`` (x, y in level-0 pixels, µm,
+class, probability, tissue class under the cell), ``cells.geojson`` (QuPath detections and
+the predicted cancer area), ``cells.csv`` on request, ``summary.json`` (cells per class,
+tumour purity overall and inside/outside the cancer area, tissue mm², seconds),
+``purity.png`` and ``overlay.png``; ``OUT/slides.csv`` has one row per slide. A run
+started again with the same command resumes: finished slides are skipped and a slide
+cut off mid-way continues from its last finished batch of tiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._common import MAX_BATCH_SIZE, MAX_WORKERS, mpp, nonnegative_int, positive_int, print_json
+
+FORMATS = ("parquet", "geojson", "csv")
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    items = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    bad = [f for f in items if f not in FORMATS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"formats are a comma-separated list of {', '.join(FORMATS)}; got {text!r}")
+    return items
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("slide", help="whole-slide inference (cell detection, QuPath GeoJSON, tumour purity)",
+                       description=__doc__.splitlines()[0])
+    slide_sub = p.add_subparsers(dest="slide_command", required=True, metavar="SLIDE_COMMAND")
+    q = slide_sub.add_parser("predict", help="detect cells over whole slides", description=__doc__.splitlines()[0],
+                             epilog="\n".join(__doc__.splitlines()[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR_OR_LIST",
+                   help="slide files, folders of slides, or .txt lists of slide paths")
+    q.add_argument("--checkpoint", required=True, metavar="RUN", help="training run folder or save_pretrained folder")
+    q.add_argument("--out", required=True, metavar="DIR", help="output folder (one subfolder per slide)")
+    q.add_argument("--mpp", type=mpp, metavar="UM", help="level-0 µm/px (for slides without it, or to override it)")
+    q.add_argument("--allow-upsample", action="store_true",
+                   help="run slides more than 1.5x coarser than the model's cell view (upsampled)")
+    q.add_argument("--roi", metavar="FILE", help="region of interest: QuPath GeoJSON polygons or a mask image")
+    q.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), default=8, metavar="N", help="tiles per batch (default: 8)")
+    q.add_argument("--workers", type=nonnegative_int(MAX_WORKERS), default=2, metavar="N",
+                   help="threads reading tiles ahead of the model (default: 2; 0 reads in the main thread)")
+    q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    q.add_argument("--skip-errors", action="store_true", help="go on past a broken slide; it is listed with its error")
+    q.add_argument("--formats", type=_formats, default=("parquet", "geojson"), metavar="LIST",
+                   help="cell outputs, comma-separated of parquet, geojson, csv (default: parquet,geojson)")
+    q.add_argument("--per-tile-context", action="store_true",
+                   help="read each cell tile's tissue view from the pyramid instead of one shared tissue map")
+    q.add_argument("--no-images", action="store_true", help="skip purity.png and overlay.png")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.add_argument("--json", action="store_true", help="print the per-slide summaries as one JSON document")
+    q.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..atomic import check_output
+    from ..slides.runner import SlideOptions, SlidePredictor, predict_slides
+
+    check_output(args.out, "folder")
+    sp = SlidePredictor.from_checkpoint(args.checkpoint, device=args.device)
+    options = SlideOptions(mpp=args.mpp, allow_upsample=args.allow_upsample, roi=args.roi, batch_size=args.batch_size,
+                           workers=args.workers, formats=args.formats, progress=not args.no_progress,
+                           context="per-tile" if args.per_tile_context else "auto", images=not args.no_images)
+    log = None if args.json else (lambda msg: print(f"[slide] {msg}", file=sys.stderr))
+    results = predict_slides(sp, args.inputs, args.out, options, skip_errors=args.skip_errors, log=log)
+    if args.json:
+        print_json({"slides": results})
+    failed = [r for r in results if r.get("status") == "error"]
+    return 2 if failed else 0
