@@ -4,6 +4,7 @@ of it) through the whole demo pipeline: dataset on disk, training, checkpoint, p
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ def test_tiny_demo_runs_and_reuses(tmp_path):
     out = tmp_path / "demo"
     cfg = DemoConfig.quick(out, tmp_path / "no_shared_data", size=64, n_train=4, n_val=2, n_test=3, epochs=1,
                            model_overrides={"encoder_name": "resnet18", "decoder_channels": 16},
-                           train={"batch_size": 2, "lr": 1e-3}, bootstrap=50, progress=False)
+                           train={"batch_size": 2, "lr": 1e-3}, bootstrap=50, progress=False, slide_mm=0.15, jobs=1)
     lines: list[str] = []
     report = run_demo(cfg, lines.append)
     text = "\n".join(lines)
@@ -29,9 +30,14 @@ def test_tiny_demo_runs_and_reuses(tmp_path):
     ok, msg = ordering_check(report)
     assert ok == ("ordering holds" in msg) and "pred-to-inter-2 - cell-only" in msg
     assert report.radius == 3.0 / cfg.cell_mpp  # 3 µm at the dataset's own mpp, not the challenge's 0.2
+    assert "Whole slide:" in text and "slide mF1" in text  # step 5: the trained Pred-to-inter-2 over a synthetic slide
+    summary = json.loads((out / "slide" / "predictions" / "synthetic_slide" / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["context"] == "shared" and summary["mpp"] == cfg.cell_mpp
+    assert (out / "slide" / "predictions" / "synthetic_slide" / "cells.geojson").is_file()
     lines.clear()
     run_demo(cfg, lines.append)  # second run: everything reused
     assert sum("reusing finished run" in line for line in lines) == len(cfg.models)
+    assert any("reusing synthetic slide" in line for line in lines)
     _check_context_reaches_cell_branch(out, cfg.models)
 
 

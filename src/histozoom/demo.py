@@ -7,7 +7,11 @@
 4. Score the three models on its test split with bootstrap CIs and print the Table 5
    analogue, with a check of the paper's ordering (leaking ≥ Pred-to-inter-2 > Cell-only,
    Pred-to-inter-2 at least 10 mF1 points above Cell-only).
-5. Score the two real challenge submissions against the real test ground truth
+5. Write a small synthetic whole slide with ground truth (:mod:`histozoom.data.synthetic_slide`),
+   run the trained Pred-to-inter-2 over it (:mod:`histozoom.slides`) and print its
+   slide-level mF1 and tumour purity against the truth, and where the QuPath GeoJSON and
+   the purity heat map are.
+6. Score the two real challenge submissions against the real test ground truth
    (``../shared/data/ocelot``) exactly as the challenge did, with bootstrap confidence
    intervals, ranking probabilities and pairwise win probabilities.
 
@@ -25,8 +29,9 @@ ResNet-34 DeepLabV3+ at 256 px on four times the data for longer.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ from .data.open import open_dataset
 from .data.stats import dataset_stats, stats_tables
 from .data.synthetic import SynthConfig
 from .evaluation import EvaluationReport, evaluate, write_synthetic_dataset
+from .jsonio import read_json
 from .reports.tables import format_table
 from .training.cell_tissue_trainer import TEST_PREDICTIONS, train
 from .training.config import TrainConfig
@@ -89,6 +95,8 @@ class DemoConfig:
     seed: int = 0
     progress: bool = True
     threads: int | None = 1
+    jobs: int | None = None
+    slide_mm: float = 0.8
 
     @classmethod
     def quick(cls, out: Path, shared_data: Path, **kw: Any) -> DemoConfig:
@@ -107,9 +115,9 @@ class DemoConfig:
 def synth_step(cfg: DemoConfig, echo: Echo) -> Path:
     root = cfg.out / "synth_context"
     if (root / "metadata.json").is_file():
-        echo(f"[1/5] reusing synthetic dataset {root}")
+        echo(f"[1/6] reusing synthetic dataset {root}")
         return root
-    echo(f"[1/5] generating a synthetic 'context' dataset in {root}")
+    echo(f"[1/6] generating a synthetic 'context' dataset in {root}")
     synth = SynthConfig(preset="context", n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
                         cell_size=cfg.size, tissue_size=cfg.size, cell_mpp=cfg.cell_mpp,
                         tissue_mpp=cfg.tissue_mpp, seed=cfg.seed)
@@ -117,7 +125,7 @@ def synth_step(cfg: DemoConfig, echo: Echo) -> Path:
 
 
 def stats_step(root: Path, echo: Echo) -> None:
-    echo("[2/5] dataset tables")
+    echo("[2/6] dataset tables")
     stats = dataset_stats(open_dataset(root), progress=False)
     for title, headers, rows in stats_tables(stats):
         echo(format_table(rows, headers, title=title, digits=2) + "\n")
@@ -130,19 +138,41 @@ def train_config(cfg: DemoConfig, data: Path, model: str) -> TrainConfig:
                        **cfg.train)
 
 
+def training_jobs(cfg: DemoConfig) -> int:
+    """Trainings run at once: ``cfg.jobs``, else as many as the CPU cores hold at
+    ``cfg.threads`` threads each (at most one per model)."""
+    if cfg.jobs is not None:
+        return max(1, min(cfg.jobs, len(cfg.models)))
+    return max(1, min(len(cfg.models), (os.cpu_count() or 1) // (cfg.threads or torch.get_num_threads())))
+
+
 def training_step(cfg: DemoConfig, data: Path, echo: Echo) -> dict[str, Path]:
-    """Train (or reuse, or resume) one run per model; ``{model: test predictions JSON}``."""
-    echo(f"[3/5] training {', '.join(cfg.models)} ({cfg.epochs} epochs at {cfg.size} px on the CPU)")
-    preds: dict[str, Path] = {}
+    """Train (or reuse, or resume) one run per model; ``{model: test predictions JSON}``.
+    With several jobs each training runs in its own process (``cfg.threads`` threads
+    each, so the numbers are those of a sequential run)."""
+    jobs = training_jobs(cfg)
+    echo(f"[3/6] training {', '.join(cfg.models)} ({cfg.epochs} epochs at {cfg.size} px on the CPU, "
+         f"{jobs} at a time)")
+    if jobs == 1:
+        return {model: _train_in_process(cfg, data, model, echo) for model in cfg.models}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    quiet = replace(cfg, progress=False)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {m: pool.submit(_train_in_process, quiet, data, m, None) for m in cfg.models}
+        return {m: f.result() for m, f in futures.items()}
+
+
+def _train_in_process(cfg: DemoConfig, data: Path, model: str, echo: Echo | None) -> Path:
+    echo = echo or (lambda msg: print(f"[{model}] {msg}", flush=True))
     previous = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        for model in cfg.models:
-            preds[model] = _train_one(cfg, data, model, echo)
+        return _train_one(cfg, data, model, echo)
     finally:
         torch.set_num_threads(previous)
-    return preds
 
 
 def _train_one(cfg: DemoConfig, data: Path, model: str, echo: Echo) -> Path:
@@ -193,7 +223,7 @@ def ordering_check(report: EvaluationReport, min_gain: float = MIN_GAIN) -> tupl
 
 
 def table5_step(cfg: DemoConfig, data: Path, preds: dict[str, Path], echo: Echo) -> EvaluationReport:
-    echo(f"[4/5] Table 5 analogue on the synthetic test split ({cfg.bootstrap} bootstrap resamples)")
+    echo(f"[4/6] Table 5 analogue on the synthetic test split ({cfg.bootstrap} bootstrap resamples)")
     report = evaluate({name: str(p) for name, p in preds.items()}, str(data), split="test",
                       bootstrap=cfg.bootstrap, seed=cfg.seed)
     report.write(cfg.out / "table5", plots=True)
@@ -208,14 +238,67 @@ def table5_step(cfg: DemoConfig, data: Path, preds: dict[str, Path], echo: Echo)
     return report
 
 
+def slide_step(cfg: DemoConfig, echo: Echo, model: str = "pred-to-inter-2") -> dict | None:
+    """A synthetic whole slide with ground truth (the same scene generator as the
+    dataset), the trained ``model`` over it, and its slide-level mF1 and tumour purity
+    against the truth. Returns ``{"summary", "mf1", "true"}``."""
+    from .data.synthetic_slide import SlideSynthConfig, write_synthetic_slide
+    from .slides.runner import SlideOptions, SlidePredictor, predict_slides
+
+    run = cfg.out / "runs" / model
+    if model not in cfg.models or read_done(run) is None:
+        echo(f"[5/6] skipped: no trained {model}")
+        return None
+    folder = cfg.out / "slide"
+    path = folder / "synthetic_slide.tiff"
+    if (folder / "synthetic_slide.slide.json").is_file():
+        echo(f"[5/6] reusing synthetic slide {path}")
+        truth = read_json(folder / "synthetic_slide.slide.json")
+    else:
+        echo(f"[5/6] writing a {cfg.slide_mm} x {cfg.slide_mm} mm synthetic slide at {cfg.cell_mpp} µm/px: {path}")
+        folder.mkdir(parents=True, exist_ok=True)
+        window_um = cfg.size * cfg.cell_mpp  # the dataset's cell field: tissue structures at the same scale
+        truth = write_synthetic_slide(path, SlideSynthConfig(preset="context", width_mm=cfg.slide_mm, height_mm=cfg.slide_mm,
+                                                             mpp=cfg.cell_mpp, tissue_mpp=cfg.tissue_mpp, seed=cfg.seed,
+                                                             window_um=window_um), overwrite=True)
+    sp = SlidePredictor.from_checkpoint(run)
+    out = folder / "predictions" / path.stem
+    summary = predict_slides(sp, [path], folder / "predictions", SlideOptions(progress=cfg.progress))[0]
+    report = evaluate({model: str(out / "cells.parquet")}, str(folder / "synthetic_slide.cells.csv"), bootstrap=0)
+    mf1 = report.methods[0].scores().mf1
+    patch = read_done(run).get("test", {}).get("mF1")
+    tp = truth.get("purity") or {}
+    true_purity = {"overall": tp.get("overall"), "cancer_area": {"purity": tp.get("inside_ca")},
+                   "outside_cancer_area": {"purity": tp.get("outside_ca")}}
+    echo(format_table([[model, f"{100 * mf1:.2f}", "" if patch is None else f"{100 * patch:.2f}",
+                        _fmt_purity(summary["purity"]), _fmt_purity(true_purity)]],
+                      ["model", "slide mF1", "patch test mF1", "purity % (in CA / out)", "true purity % (in CA / out)"],
+                      title=f"Whole slide: {summary['cells']} cells on {summary['tissue_area_mm2']:.2f} mm² in "
+                            f"{summary['seconds']:.0f} s ({summary['context']} tissue context)"))
+    echo(f"  QuPath: {out / 'cells.geojson'}; purity heat map: {out / 'purity.png'}; overlay: {out / 'overlay.png'}")
+    return {"summary": summary, "mf1": mf1, "true": truth}
+
+
+def _fmt_purity(purity: dict | None) -> str:
+    """``overall (in CA / outside CA)`` of a purity block (:func:`~histozoom.reports.slide_reports.purity_summary`)."""
+    if not purity:
+        return "n/a"
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.1f}"
+
+    return (f"{pct(purity.get('overall'))} ({pct((purity.get('cancer_area') or {}).get('purity'))} / "
+            f"{pct((purity.get('outside_cancer_area') or {}).get('purity'))})")
+
+
 def scoring_step(cfg: DemoConfig, echo: Echo) -> None:
     ocelot = cfg.shared_data / "ocelot"
     gt = ocelot / "points" / "official_test_126_cell_gt.json"
     preds = [ocelot / "predictions" / "r12_e30k.json", ocelot / "predictions" / "r14_e21k.json"]
     if not gt.is_file() or not all(p.is_file() for p in preds):
-        echo(f"[5/5] skipped: real challenge files not found under {ocelot}")
+        echo(f"[6/6] skipped: real challenge files not found under {ocelot}")
         return
-    echo(f"[5/5] scoring two real submissions on the OCELOT 2023 test set ({cfg.bootstrap} bootstrap resamples)")
+    echo(f"[6/6] scoring two real submissions on the OCELOT 2023 test set ({cfg.bootstrap} bootstrap resamples)")
     report = evaluate([str(p) for p in preds], str(gt), names=[p.stem for p in preds], bootstrap=cfg.bootstrap,
                       seed=cfg.seed)
     report.write(cfg.out / "evaluation", plots=True)
@@ -231,8 +314,9 @@ def run_demo(cfg: DemoConfig, echo: Echo = print) -> EvaluationReport | None:
     if cfg.epochs > 0 and cfg.models:
         preds = training_step(cfg, root, echo)
         report = table5_step(cfg, root, preds, echo)
+        slide_step(cfg, echo)
     else:
-        echo("[3/5] [4/5] skipped: no training requested")
+        echo("[3/6] [4/6] [5/6] skipped: no training requested")
     scoring_step(cfg, echo)
     echo(f"outputs in {cfg.out}")
     return report

@@ -70,15 +70,17 @@ def test_tiled_result_equals_one_pass_for_an_equivariant_model(tmp_path):
     ref = pts.subset(inside)
     ref = ref.with_xy(ref.xy + [ox - pad, oy - pad])
     # beyond the slide is blank glass, whose flat probability plateaus have ties that the
-    # peak rule settles by position in the map; compare where the slide has texture
+    # peak rule settles by position in the map, and the output keeps only cells on the
+    # slide; compare where the slide has texture
     (sw, sh), band = slide.dimensions, 8
 
     def textured(x, y):
-        return (x < sw - band) & (y < sh - band)
+        return (x >= 0) & (y >= 0) & (x < sw - band) & (y < sh - band)
 
     ref = ref.subset(textured(ref.xy[:, 0], ref.xy[:, 1]))
     ref_xy = ref.xy
     keep = textured(got["x"], got["y"])
+    assert keep.sum() > len(got["x"]) - (band + 1) * (sw + sh)  # only the band is left out
     got = {k: v[keep] for k, v in got.items()}
     assert len(ref_xy) > 100
     order_got = np.lexsort((got["x"], got["y"]))
@@ -178,6 +180,24 @@ def test_leaking_checkpoint_and_coarse_slide_are_refused(tmp_path):
         sp.predict_slide(coarse, tmp_path / "c", OPTS)
     s = sp.predict_slide(coarse, tmp_path / "c", SlideOptions(**{**OPTS.__dict__, "allow_upsample": True}))
     assert s["cells"] > 0
+
+
+@pytest.mark.parametrize("size", [(700, 900), (1013, 517)])
+def test_tile_cores_cover_the_whole_slide_when_the_thumbnail_is_floored(size):
+    """The thumbnail (8 µm/px, 40 level-0 px per thumbnail px here) floors the slide's
+    size; the strip past its last column and row is still tiled and kept."""
+    slide = _slide(*size)
+    sp = _equivariant_predictor()
+    region = sp._region(slide, OPTS)
+    assert slide.dimensions[0] % region.thumb_scale != 0
+    covered = np.zeros(size, bool)
+    for k in region.tiles:
+        x0, y0, x1, y1 = (int(round(v)) for v in region.grid.core_box(k))
+        covered[max(0, y0):y1, max(0, x0):x1] = True
+    assert covered.all()
+    xs, ys = np.meshgrid(np.arange(size[1], dtype=float), np.arange(size[0], dtype=float))
+    assert slide_outputs._in_region(region, xs.ravel(), ys.ravel(), slide.dimensions).all()
+    assert not slide_outputs._in_region(region, np.array([-1.0, size[1]]), np.array([5.0, 5.0]), slide.dimensions).any()
 
 
 def test_a_slide_without_tissue_gives_zeros_and_a_warning(tmp_path):

@@ -65,7 +65,8 @@ of the windows ≥ 90 % one region. The numbers of a generated dataset are writt
 ``synthetic.json`` next to ``metadata.json`` by
 :func:`histozoom.evaluation.oracles.write_synthetic_dataset`; this module only generates and
 writes the pairs (:func:`write_synthetic_release`) and summarises their cells
-(:func:`pair_summary`, :func:`summary_statistics`).
+(:func:`pair_summary`, :func:`summary_statistics`). Whole slides drawn from the same scene
+model: :mod:`histozoom.data.synthetic_slide`.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ SYNTHETIC_JSON = "synthetic.json"
 """Written next to ``metadata.json``: the config, the statistics and the oracle scores of
 the dataset (by :func:`histozoom.evaluation.oracles.write_synthetic_dataset`)."""
 MORPHOLOGY_FEATURES = ("radius_um", "darkness", "elongation", "irregularity")
+THINNING_COMPENSATION = 1.08
+"""Cells are drawn this much denser than ``cells_per_mm2``; thinning to the minimum distance takes the excess."""
 
 
 # ---------------------------------------------------------------------- configuration
@@ -320,6 +323,8 @@ def _stamp(
     shape as ``a``) makes rings: the disk minus an inner disk of that radius. ``membrane``
     darkens the outline relative to the centre (vesicular chromatin).
     """
+    if not canvas.flags.c_contiguous:
+        raise ValueError("_stamp draws in place: the canvas must be C-contiguous")
     n = len(cx)
     if n == 0:
         return
@@ -486,13 +491,14 @@ def _tissue_mask(rng: np.random.Generator, ca: np.ndarray, w: int) -> np.ndarray
     return mask
 
 
-def _glands(rng: np.random.Generator, ca: np.ndarray, w: int, window: tuple[float, float, float, float]) -> dict:
+def _glands(rng: np.random.Generator, ca: np.ndarray, w: float,
+            window: tuple[float, float, float, float] | None) -> dict:
     """Glands on a jittered grid over CA: centres ``x, y``, lumen semi-axes ``a, b``,
     ``theta``, outline ``irr``/``phase`` and ``rim`` width, all in tissue pixels.
 
     Glands tile CA densely (a gland's centre and most of its lumen lie in CA, so the gland
     field ends at the CA boundary) and never reach into ``window`` (x0, y0, x1, y1: the extreme pixel
-    centres of the cell window), so the cell view shows none.
+    centres of the cell window), so the cell view shows none; ``window=None``: no exclusion (a slide).
     """
     t_h, t_w = ca.shape
     spacing = 0.3 * w
@@ -512,14 +518,75 @@ def _glands(rng: np.random.Generator, ca: np.ndarray, w: int, window: tuple[floa
     py = np.concatenate([gy[:, None], gy[:, None] + 0.6 * a[:, None] * np.sin(ang)], 1)
     lab = ca[np.clip(np.rint(py), 0, t_h - 1).astype(int), np.clip(np.rint(px), 0, t_w - 1).astype(int)]
     centre_ca = lab.all(axis=1)
-    x0, y0, x1, y1 = window
-    ddx = np.maximum(np.maximum(x0 - gx, gx - x1), 0)
-    ddy = np.maximum(np.maximum(y0 - gy, gy - y1), 0)
-    away = np.hypot(ddx, ddy) > reach
+    away = True
+    if window is not None:
+        x0, y0, x1, y1 = window
+        ddx = np.maximum(np.maximum(x0 - gx, gx - x1), 0)
+        ddy = np.maximum(np.maximum(y0 - gy, gy - y1), 0)
+        away = np.hypot(ddx, ddy) > reach
     keep = centre_ca & inside & away & (rng.random(n) < 0.9)
     k = int(keep.sum())
     return {"x": gx[keep], "y": gy[keep], "a": a[keep], "b": b[keep], "theta": rng.uniform(0, np.pi, n)[keep],
             "irr": irr[keep], "phase": rng.uniform(0, 2 * np.pi, n)[keep], "rim": np.full(k, rim)}
+
+
+_GLAND_BATCH = 32
+
+
+def _gland_layers(gl: dict, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Lumen and epithelial rim coverage (0-1, float32) of the :func:`_glands` ``gl`` on a ``shape`` canvas."""
+    lumen = np.zeros(shape, np.float32)
+    rim = np.zeros(shape, np.float32)
+    ng = len(gl["x"])
+    for i in range(0, ng, _GLAND_BATCH):  # a pixel's value does not depend on the batch: bounded memory
+        g = {k: v[i:i + _GLAND_BATCH] for k, v in gl.items()}
+        one = np.ones(len(g["x"]))
+        _stamp(lumen, g["x"], g["y"], g["a"], g["b"], g["theta"], g["irr"], g["phase"], one)
+        _stamp(rim, g["x"], g["y"], g["a"] + g["rim"], g["b"] + g["rim"], g["theta"], g["irr"], g["phase"], one)
+    if ng:
+        rim = np.clip(rim - lumen, 0, 1)
+    return lumen, rim
+
+
+def _gland_stain(e: np.ndarray, hb: np.ndarray, lumen: np.ndarray, rim: np.ndarray,
+                 mid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eosin and hematoxylin densities with the glands drawn in: pale lumina, dark rims."""
+    return e * (1 - 0.85 * lumen) + 0.35 * rim, hb * (1 - lumen) + rim * 0.8 * (0.75 + 0.25 * np.clip(mid, -1, 1))
+
+
+def _ca_share(rng: np.random.Generator, cfg: SynthConfig) -> float:
+    """This sample's CA share of the tissue pixels."""
+    return float(np.clip(rng.normal(cfg.ca_fraction, 0.12), 0.15, 0.7)) if cfg.ca_fraction > 0 else 0.0
+
+
+def _ca_region(rng: np.random.Generator, shape: tuple[int, int], sigma: float, q: float) -> np.ndarray:
+    """Boolean cancer area: the top share ``q`` of a smooth noise field of scale ``sigma`` (tissue px)."""
+    field_ = smooth_noise(rng, shape, sigma)
+    return field_ > np.quantile(field_, 1 - q) if q > 0 else np.zeros(shape, bool)
+
+
+def _stroma(rng: np.random.Generator, shape: tuple[int, int], w: float, t_um: float,
+            h_bg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tissue-scale stroma: eosin density, hematoxylin background and the mid-scale blotch field."""
+    low = smooth_noise(rng, shape, 0.5 * w)
+    mid = smooth_noise(rng, shape, 3.0 / t_um)
+    holes = smooth_noise(rng, shape, 2.0 / t_um)
+    e_t = (1 + 0.08 * low + 0.12 * mid) * (1 - 0.55 * np.clip((holes - 1.6) * 1.5, 0, 1))
+    return e_t, h_bg * (1 + 0.3 * mid), mid
+
+
+def _cell_classes(rng: np.random.Generator, cfg: SynthConfig,
+                  in_ca: np.ndarray) -> tuple[np.ndarray, dict, np.ndarray, np.ndarray]:
+    """Classes (by the preset's class–region rule), morphology (with this sample's offsets),
+    orientation and outline phase of cells lying in CA where ``in_ca``."""
+    p_tc_ca, p_tc_bg = cfg.class_probabilities()
+    cls = np.where(rng.random(len(in_ca)) < np.where(in_ca, p_tc_ca, p_tc_bg), TC, BC)
+    morph_cfg = cfg.cell_morphology
+    offsets = {k: (rng.normal(0, ft.pair_sd) if ft.pair_sd else 0.0) for k, ft in morph_cfg.features().items()}
+    morph = _sample_morphology(rng, morph_cfg, cls, offsets)
+    theta = rng.uniform(0, np.pi, len(cls))
+    phase = rng.uniform(0, 2 * np.pi, len(cls))
+    return cls, morph, theta, phase
 
 
 def _sample_morphology(rng: np.random.Generator, morph: CellMorphology, cls: np.ndarray, offsets: dict) -> dict:
@@ -555,9 +622,18 @@ def _interp_1d(n_out: int, start: int, n_in: int, f: int) -> tuple[np.ndarray, n
 def _upsample(a: np.ndarray, out_shape: tuple[int, int], start: tuple[int, int], f: int) -> np.ndarray:
     """Separable bilinear upsampling of ``a`` by ``f`` (see :func:`_interp_1d`);
     ``start = (y, x)`` in coarse pixels. Plain indexing: no BLAS threads."""
-    lo, hi, fr = _interp_1d(out_shape[0], start[0], a.shape[0], f)
+    return _resample(a, _interp_1d(out_shape[0], start[0], a.shape[0], f), _interp_1d(out_shape[1], start[1], a.shape[1], f))
+
+
+def _resample(a: np.ndarray, rows_w: tuple[np.ndarray, np.ndarray, np.ndarray],
+              cols_w: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Separable bilinear resampling of ``a`` with the :func:`_interp_1d` weights of the rows and the columns.
+
+    The column gather leaves the result not C-contiguous; copy it before stamping into it. (The
+    layout stays as it is on purpose: sums over the result, as in :func:`smooth_noise`, depend on it.)"""
+    lo, hi, fr = rows_w
     rows = a[lo] * (1 - fr)[:, None] + a[hi] * fr[:, None]
-    lo, hi, fr = _interp_1d(out_shape[1], start[1], a.shape[1], f)
+    lo, hi, fr = cols_w
     return rows[:, lo] * (1 - fr)[None, :] + rows[:, hi] * fr[None, :]
 
 
@@ -593,16 +669,14 @@ def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) ->
     w = cfg.window_size
     t = cfg.tissue_size
     c = cfg.cell_size
-    morph_cfg = cfg.cell_morphology
     organ = str(cfg.organs[int(rng.integers(len(cfg.organs)))])
     h_vec, e_vec, h_bg = _stain(rng, organ)
 
     # ---- regions, window, labels
-    q = float(np.clip(rng.normal(cfg.ca_fraction, 0.12), 0.15, 0.7)) if cfg.ca_fraction > 0 else 0.0
+    q = _ca_share(rng, cfg)
     want = _window_kind(rng, cfg)
     for attempt in range(_REGION_ATTEMPTS):
-        field_ = smooth_noise(rng, (t, t), cfg.region_scale * w)
-        ca = field_ > np.quantile(field_, 1 - q) if q > 0 else np.zeros((t, t), bool)
+        ca = _ca_region(rng, (t, t), cfg.region_scale * w, q)
         got = _place_window(rng, ca, w, want, strict=attempt < _REGION_ATTEMPTS - 1)
         if got is not None:
             break
@@ -613,25 +687,16 @@ def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) ->
 
     # ---- stroma (eosin density) at the tissue scale
     t_um = cfg.tissue_mpp
-    low = smooth_noise(rng, (t, t), 0.5 * w)
-    mid = smooth_noise(rng, (t, t), 3.0 / t_um)
-    holes = smooth_noise(rng, (t, t), 2.0 / t_um)
-    e_t = (1 + 0.08 * low + 0.12 * mid) * (1 - 0.55 * np.clip((holes - 1.6) * 1.5, 0, 1))
-    hb_t = h_bg * (1 + 0.3 * mid)
+    e_t, hb_t, mid = _stroma(rng, (t, t), w, t_um, h_bg)
 
     # ---- nuclei: one physical set, positions in tissue pixels
     area_mm2 = (t * t_um / 1000.0) ** 2
-    n = int(rng.poisson(cfg.cells_per_mm2 * area_mm2 * 1.08))
+    n = int(rng.poisson(cfg.cells_per_mm2 * area_mm2 * THINNING_COMPENSATION))
     dmin_t = cfg.min_cell_distance_um / t_um
     xy_t = rng.uniform(-0.5, t - 0.5, (n, 2))
     xy_t = xy_t[_thin(xy_t, dmin_t)]
     reg = ca[np.clip(np.rint(xy_t[:, 1]), 0, t - 1).astype(int), np.clip(np.rint(xy_t[:, 0]), 0, t - 1).astype(int)]
-    p_tc_ca, p_tc_bg = cfg.class_probabilities()
-    cls = np.where(rng.random(len(xy_t)) < np.where(reg, p_tc_ca, p_tc_bg), TC, BC)
-    offsets = {k: (rng.normal(0, ft.pair_sd) if ft.pair_sd else 0.0) for k, ft in morph_cfg.features().items()}
-    morph = _sample_morphology(rng, morph_cfg, cls, offsets)
-    theta = rng.uniform(0, np.pi, len(cls))
-    phase = rng.uniform(0, 2 * np.pi, len(cls))
+    cls, morph, theta, phase = _cell_classes(rng, cfg, reg)
 
     # Nuclei near the window are drawn in the cell view at integer cell pixels.
     r_max_c = 3.0 / cfg.cell_mpp
@@ -644,14 +709,8 @@ def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) ->
 
     # ---- glands (tissue scale, CA only, never in the window)
     gl = _glands(rng, ca, w, (x0, y0, x0 + w - 1, y0 + w - 1))
-    lumen = np.zeros((t, t), np.float32)
-    rim = np.zeros((t, t), np.float32)
     ng = len(gl["x"])
-    if ng:
-        _stamp(lumen, gl["x"], gl["y"], gl["a"], gl["b"], gl["theta"], gl["irr"], gl["phase"], np.ones(ng))
-        _stamp(rim, gl["x"], gl["y"], gl["a"] + gl["rim"], gl["b"] + gl["rim"], gl["theta"], gl["irr"], gl["phase"],
-               np.ones(ng))
-        rim = np.clip(rim - lumen, 0, 1)
+    lumen, rim = _gland_layers(gl, (t, t))
     in_gland = (lumen + rim)[np.clip(np.rint(xy_t[:, 1]), 0, t - 1).astype(int),
                              np.clip(np.rint(xy_t[:, 0]), 0, t - 1).astype(int)] > 0.05
     alive &= ~(in_gland & ~near_c)
@@ -671,8 +730,7 @@ def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) ->
     # ---- tissue view
     block = fine.reshape(w, f, w, f).mean(axis=(1, 3))
     res = smooth_noise(rng, (t, t), 0.6) * float(block.std())
-    e_full = e_t * (1 + res) * (1 - 0.85 * lumen) + 0.35 * rim
-    h_t = hb_t * (1 - lumen) + rim * 0.8 * (0.75 + 0.25 * np.clip(mid, -1, 1))
+    e_full, h_t = _gland_stain(e_t * (1 + res), hb_t, lumen, rim, mid)
     sel_t = alive  # the window interior is then replaced by the shrunk cell view
     _stamp_nuclei(rng, h_t, xy_t, morph, sel_t, t_um, 0.0, theta, phase)
     tissue_rgb = _to_rgb(h_t, e_full, h_vec, e_vec)

@@ -50,7 +50,6 @@ TUMOUR_ID, BACKGROUND_ID, CA_ID = 2, 1, 2
 """OCELOT ids: TC and BC cells, the cancer-area tissue class."""
 
 _MASK48 = (1 << 48) - 1
-_MASK62 = (1 << 62) - 1
 
 
 def _color_map(classes: ClassSet, colors: Colors) -> dict[int, RGB]:
@@ -110,9 +109,11 @@ class GeoJSONPointWriter:
         if seed is None:
             seed = str(self.path.absolute())
         base = uuid.uuid5(uuid.NAMESPACE_URL, f"histozoom:geojson:{seed}").int
-        hi = ((base >> 64) & ~(0xF << 12)) | (4 << 12)  # version nibble = 4
-        self._id_prefix = f"{hi >> 32:08x}-{(hi >> 16) & 0xFFFF:04x}-{hi & 0xFFFF:04x}"
-        self._id_low = base & _MASK62
+        base = (base & ~(0xF << 76)) | (4 << 76)  # version 4
+        base = (base & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+        text = f"{base >> 48:020x}"
+        self._id_prefix = f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}"
+        self._id_low = base & _MASK48
         self._n = 0
         self._detections = 0
         self._annotations = 0
@@ -123,6 +124,7 @@ class GeoJSONPointWriter:
     def __enter__(self) -> GeoJSONPointWriter:
         if self._stack is not None:
             raise RuntimeError("GeoJSONPointWriter is already open")
+        self._n = self._detections = self._annotations = 0  # a writer may be used again: a fresh file
         stack = contextlib.ExitStack()
         self._fh = stack.enter_context(atomic_open(self.path, "w", encoding="utf-8", buffering=1 << 20))
         self._stack = stack
@@ -156,11 +158,15 @@ class GeoJSONPointWriter:
         return self._annotations
 
     # -- writing
+    def _id_counters(self, n: int) -> list[int]:
+        """The last 48 bits of the next ``n`` feature ids: the seed's plus the feature index."""
+        start = self._id_low + self._n
+        return [(start + k) & _MASK48 for k in range(n)]
+
     def _ids(self, n: int) -> list[str]:
-        """The next ``n`` feature ids (variant bits ``10``, then a 62-bit counter)."""
-        lows = ((1 << 63) | ((self._id_low + k) & _MASK62) for k in range(self._n, self._n + n))
+        """The next ``n`` feature ids: a prefix fixed by the seed, then a 48-bit counter."""
         p = self._id_prefix
-        return [f"{p}-{lo >> 48:04x}-{lo & _MASK48:012x}" for lo in lows]
+        return [f"{p}-{lo:012x}" for lo in self._id_counters(n)]
 
     def _write(self, features: list[str]) -> None:
         if self._fh is None:
@@ -179,7 +185,7 @@ class GeoJSONPointWriter:
         n = len(x)
         if not (len(y) == len(cls) == len(prob) == n):
             raise ValueError(f"write_cells: x, y, cls, prob differ in length ({n}, {len(y)}, {len(cls)}, {len(prob)})")
-        tpl = ('{"type":"Feature","id":"%s","geometry":{"type":"Point","coordinates":[%r,%r]},'
+        tpl = ('{"type":"Feature","id":"' + self._id_prefix + '-%012x","geometry":{"type":"Point","coordinates":[%r,%r]},'
                '"properties":{"objectType":"detection","classification":%s,"measurements":{"probability":%s}}}')
         lookup = self._classification
         for s in range(0, n, self.chunk):
@@ -197,7 +203,7 @@ class GeoJSONPointWriter:
                 pr = list(map(repr, pv.tolist()))
             else:
                 pr = [repr(v) if math.isfinite(v) else "null" for v in pv.tolist()]
-            ids = self._ids(len(xs))
+            ids = self._id_counters(len(xs))
             self._write([tpl % row for row in zip(ids, np.round(xs, 2).tolist(), np.round(ys, 2).tolist(), names, pr)])
             self._detections += len(xs)
         return n

@@ -69,6 +69,20 @@ def _columns(work: Path) -> dict[str, np.ndarray]:
     return {name: t.column(name).to_numpy() for name in t.column_names}
 
 
+def _in_region(region: _Region, x: np.ndarray, y: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Cells on the slide (level-0 ``size`` = (width, height)) and on the region's mask
+    (tissue ∩ ROI, thumbnail resolution): a tile reaches past the region's and the
+    slide's edge, and cells found there, on glass or outside the ROI are dropped."""
+    on_slide = (x >= 0) & (y >= 0) & (x <= size[0] - 1) & (y <= size[1] - 1)
+    h, w = region.mask.shape
+    # the thumbnail's last row and column also cover the slide's remainder (its size is floored)
+    c = np.clip(np.floor((x + 0.5) / region.thumb_scale).astype(np.int64), 0, w - 1)
+    r = np.clip(np.floor((y + 0.5) / region.thumb_scale).astype(np.int64), 0, h - 1)
+    keep = np.zeros(len(x), bool)
+    keep[on_slide] = region.mask[r[on_slide], c[on_slide]]
+    return keep
+
+
 def drop_seam_duplicates(cols: dict[str, np.ndarray], min_distance: float) -> tuple[dict[str, np.ndarray], int]:
     """The peak spacing rule across tile seams: visiting cells by decreasing probability,
     drop one that lies closer than ``min_distance`` level-0 px (Chebyshev) to a kept cell.
@@ -138,6 +152,7 @@ def finish_slide(sp: SlidePredictor, slide: Slide, region: _Region, work: Path, 
 
     pred = sp.predictor
     cols = _columns(work)
+    cols = {k: v[_in_region(region, cols["x"], cols["y"], slide.dimensions)] for k, v in cols.items()}
     spacing = pred.peak_cfg.min_distance_px(sp.settings.cell_mpp) * sp.settings.cell_mpp / slide.mpp
     cols, n_dup = drop_seam_duplicates(cols, spacing)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +161,8 @@ def finish_slide(sp: SlidePredictor, slide: Slide, region: _Region, work: Path, 
     if tmap is not None and pred.spec.tissue_classes is not None and CA_ID in pred.spec.tissue_classes.ids:
         ch = list(pred.spec.tissue_classes.ids).index(CA_ID)
         factor = max(1, round(region.thumb_mpp * 0.5 / sp.settings.tissue_mpp))  # polygons at ~half the thumbnail's µm/px
-        cancer = rep.mask_polygons(tmap.coarse_argmax(factor) == ch, origin=tmap.origin, scale=tmap.scale * factor)
+        ox, oy = tmap.origin  # pixel-edge frame; cells are pixel centres (half a level-0 px apart)
+        cancer = rep.mask_polygons(tmap.coarse_argmax(factor) == ch, origin=(ox - 0.5, oy - 0.5), scale=tmap.scale * factor)
     colors = _class_colors(pred.classes)
     if "geojson" in options.formats:
         with rep.GeoJSONPointWriter(out / "cells.geojson", pred.classes, colors) as gj:
@@ -161,9 +177,10 @@ def finish_slide(sp: SlidePredictor, slide: Slide, region: _Region, work: Path, 
     if options.images:
         grid, _ = rep.purity_grid(cols["x"], cols["y"], cols["class_id"], slide.dimensions[0], slide.dimensions[1],
                                   cell_um=250.0, mpp=slide.mpp)
-        rep.write_purity_png(out / "purity.png", grid, region.thumb, (0, slide.dimensions[0], slide.dimensions[1], 0))
+        rep.write_purity_png(out / "purity.png", grid, region.thumb, (0, slide.dimensions[0], slide.dimensions[1], 0),
+                             square_px=250.0 / slide.mpp)
         rep.write_overlay_png(out / "overlay.png", region.thumb, region.thumb_scale, cols["x"], cols["y"],
-                              cols["class_id"], colors, cancer)
+                              cols["class_id"], colors, cancer, names=dict(zip(pred.classes.ids, pred.classes.names)))
     summary = {
         "slide": str(slide.path), "name": out.name, "status": "done", "mpp": slide.mpp,
         "mpp_source": "--mpp" if options.mpp is not None else "file",

@@ -208,7 +208,10 @@ class SlidePredictor:
             return region
         rows, cols = np.nonzero(mask)
         w0, h0 = slide.dimensions
-        box = (cols.min() * scale, rows.min() * scale, min(w0, (cols.max() + 1) * scale), min(h0, (rows.max() + 1) * scale))
+        # the thumbnail's size is floored: its last row and column reach the slide's edge
+        right = w0 if cols.max() == mask.shape[1] - 1 else min(w0, (cols.max() + 1) * scale)
+        bottom = h0 if rows.max() == mask.shape[0] - 1 else min(h0, (rows.max() + 1) * scale)
+        box = (cols.min() * scale, rows.min() * scale, right, bottom)
         st = self.settings
         region.grid = TileGrid.covering(box, st.cell_mpp / slide.mpp, st.cell_tile, st.cell_margin)
         region.tiles = region.grid.select(mask, scale)

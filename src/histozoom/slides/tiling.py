@@ -127,12 +127,14 @@ class TileGrid:
 
     def select(self, mask: np.ndarray, mask_scale: float) -> list[int]:
         """Tiles whose core meets the True pixels of ``mask`` (level-0 px per mask px
-        ``mask_scale``; mask pixel ``(r, c)`` covers level-0 ``[c·s, (c+1)·s)``)."""
+        ``mask_scale``; mask pixel ``(r, c)`` covers level-0 ``[c·s, (c+1)·s)``, and the last
+        row and column also cover the slide's remainder, as a floored thumbnail does)."""
         keep = []
         h, w = mask.shape
         for k in range(len(self)):
             x0, y0, x1, y1 = self.core_box(k)
-            c0, r0 = max(0, math.floor(x0 / mask_scale)), max(0, math.floor(y0 / mask_scale))
+            c0 = min(w - 1, max(0, math.floor(x0 / mask_scale)))
+            r0 = min(h - 1, max(0, math.floor(y0 / mask_scale)))
             c1, r1 = min(w, math.ceil(x1 / mask_scale)), min(h, math.ceil(y1 / mask_scale))
             if c1 > c0 and r1 > r0 and mask[r0:r1, c0:c1].any():
                 keep.append(k)

@@ -1,0 +1,114 @@
+"""``histozoom slide predict`` end to end on the real CMU-1-Small-Region.svs, and its bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from shapely.geometry import Polygon, shape
+
+from histozoom.cli import main
+from histozoom.data.base import DatasetSpec
+from histozoom.models.checkpoint import save_pretrained
+from histozoom.models.registry import build_model
+from histozoom.pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES
+from histozoom.slides.outputs import read_cells
+
+SPEC = DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES)
+ROI = Polygon([(600, 900), (1000, 880), (1050, 1300), (640, 1280)])  # level-0 px of CMU-1-Small-Region
+
+
+def _ckpt(tmp_path, name="pred-to-inter-2", cell_mpp=0.5):
+    torch.manual_seed(0)
+    extra = {"spec": SPEC.to_dict(), "size": 64,
+             "views": {"cell": {"size": 64, "mpp": cell_mpp}, "tissue": {"size": 64, "mpp": 4 * cell_mpp}},
+             "peak": {"min_distance_um": 2.0, "threshold": 0.3}}
+    return save_pretrained(build_model(name, encoder_name="resnet18", decoder_channels=16), tmp_path / name, extra=extra)
+
+
+def _roi(tmp_path, geom=ROI):
+    path = tmp_path / "roi.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": json.loads(json.dumps(geom.__geo_interface__)),
+         "properties": {"objectType": "annotation"}}]}))
+    return path
+
+
+@pytest.fixture
+def svs(shared_data):
+    path = shared_data / "wsi" / "CMU-1-Small-Region.svs"
+    if not path.is_file():
+        pytest.skip("no CMU-1-Small-Region.svs")
+    return path
+
+
+def test_real_svs_end_to_end_with_an_roi(tmp_path, svs, capsys):
+    out = tmp_path / "out"
+    rc = main(["slide", "predict", "--checkpoint", str(_ckpt(tmp_path)), "--out", str(out), str(svs),
+               "--roi", str(_roi(tmp_path)), "--formats", "parquet,geojson,csv", "--no-progress", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)["slides"][0]
+    assert summary["mpp"] == pytest.approx(0.499) and summary["mpp_source"] == "file"
+    assert summary["level0_size"] == [2220, 2967] and summary["context"] == "shared"
+    folder = out / "CMU-1-Small-Region"
+    for name in ("cells.parquet", "cells.csv", "cells.geojson", "summary.json", "purity.png", "overlay.png"):
+        assert (folder / name).is_file(), name
+    cells = read_cells(folder / "cells.parquet")
+    n = summary["cells"]
+    assert n == len(cells["x"]) > 0
+    assert sum(summary["cells_per_class"].values()) == n
+    np.testing.assert_allclose(cells["x_um"], cells["x"] * 0.499)
+    # every cell inside the ROI (to the thumbnail's resolution, 8 µm = 16 px)
+    assert all(ROI.buffer(17).contains(shape({"type": "Point", "coordinates": [x, y]})) for x, y in zip(cells["x"], cells["y"]))
+    with open(folder / "cells.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == n and float(rows[0]["x"]) == pytest.approx(cells["x"][0], abs=0.01)
+    doc = json.loads((folder / "cells.geojson").read_text())
+    assert doc["type"] == "FeatureCollection"
+    dets = [f for f in doc["features"] if f["properties"]["objectType"] == "detection"]
+    assert len(dets) == n
+    for f in doc["features"]:
+        assert f["type"] == "Feature" and f["id"] and f["geometry"]
+        assert set(f["properties"]["classification"]) >= {"name", "color"}
+        assert shape(f["geometry"]).is_valid
+    names = {f["properties"]["classification"]["name"] for f in dets}
+    assert names <= set(OCELOT_CELL_CLASSES.names)
+    p = summary["purity"]
+    assert p["overall"] is None or 0 <= p["overall"] <= 1
+    table = (out / "slides.csv").read_text().splitlines()
+    assert table[1].startswith("CMU-1-Small-Region,done,")
+
+
+def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path, svs, capsys):
+    ckpt = _ckpt(tmp_path)
+    out = tmp_path / "out"
+
+    def run(*args):
+        rc = main(["slide", "predict", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress", *map(str, args)])
+        err = capsys.readouterr().err.strip().splitlines()
+        return rc, err[-1] if err else ""
+
+    (tmp_path / "fake.svs").write_text("not a slide")
+    rc, err = run(tmp_path / "fake.svs")
+    assert rc == 2 and "fake.svs" in err and "cannot open as a slide" in err
+    far = _roi(tmp_path, Polygon([(9e5, 9e5), (9.1e5, 9e5), (9.1e5, 9.1e5)]))
+    rc, err = run(svs, "--roi", far)
+    assert rc == 2 and "roi.geojson" in err and "outside the slide" in err
+    (tmp_path / "empty.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    rc, err = run(svs, "--roi", tmp_path / "empty.geojson")
+    assert rc == 2 and "empty.geojson" in err and "no polygon" in err
+    rc, err = run(tmp_path / "missing.svs")
+    assert rc == 2 and "missing.svs" in err
+    coarse = _ckpt(tmp_path / "c", cell_mpp=0.2)
+    rc = main(["slide", "predict", "--checkpoint", str(coarse), "--out", str(out), str(svs), "--no-progress"])
+    assert rc == 2 and "--allow-upsample" in capsys.readouterr().err
+    leak = _ckpt(tmp_path, "tissue-label-leaking")
+    rc = main(["slide", "predict", "--checkpoint", str(leak), "--out", str(out), str(svs), "--no-progress"])
+    assert rc == 2 and "leaking" in capsys.readouterr().err
+    blocked = tmp_path / "file_not_folder"
+    blocked.write_text("x")
+    rc = main(["slide", "predict", "--checkpoint", str(ckpt), "--out", str(blocked), str(svs), "--no-progress"])
+    assert rc == 2 and "file_not_folder" in capsys.readouterr().err
