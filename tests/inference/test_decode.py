@@ -12,6 +12,7 @@ from histozoom.inference.decode import (
     find_peaks,
     find_peaks_torch,
     keep_spaced,
+    keep_spaced_grid,
 )
 from histozoom.pair import OCELOT_CELL_CLASSES
 
@@ -127,6 +128,23 @@ def test_spacing_rule_equals_brute_force_greedy(p_norm):
         coords = rng.integers(0, 30, (300, 2))
         spacing = int(rng.integers(1, 7))
         np.testing.assert_array_equal(keep_spaced(coords, spacing, p_norm), _greedy_reference(coords, spacing, p_norm))
+
+
+def test_grid_spacing_equals_the_pair_list_rule():
+    """The raster version (used on probability maps) gives keep_spaced's mask: random
+    pixels with duplicates, and a full plateau where every pixel is a candidate."""
+    rng = np.random.default_rng(6)
+    for _ in range(20):
+        h, w = (int(v) for v in rng.integers(5, 60, 2))
+        coords = np.column_stack([rng.integers(0, h, 400), rng.integers(0, w, 400)])
+        for spacing in (0, 1, 2, 3, 7):
+            np.testing.assert_array_equal(keep_spaced_grid(coords, spacing, (h, w)), keep_spaced(coords, spacing))
+    plateau = np.argwhere(np.ones((64, 80), bool))
+    order = rng.permutation(len(plateau))
+    for coords in (plateau, plateau[order]):
+        got = keep_spaced_grid(coords, 10, (64, 80))
+        np.testing.assert_array_equal(got, keep_spaced(coords, 10))
+    assert keep_spaced_grid(plateau, 10, (64, 80)).sum() == 7 * 8  # a kept pixel every 10 in raster order
 
 
 @pytest.mark.parametrize("p_norm", [np.inf, 2])

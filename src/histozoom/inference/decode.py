@@ -16,7 +16,7 @@ channel ``1 + k`` the k-th cell class of the dataset's ``ClassSet``. Decoding:
 
 :func:`find_peaks` is the NumPy/SciPy path (it calls scikit-image's public
 ``peak_local_max``); :func:`find_peaks_torch` does the neighbourhood maximum with
-``max_pool2d`` for whole batches on any device and the spacing with :func:`keep_spaced`
+``max_pool2d`` for whole batches on any device and the spacing with :func:`keep_spaced_grid`
 (our own implementation of the rule, so it does not depend on scikit-image internals),
 and returns the same peaks.
 """
@@ -85,12 +85,45 @@ def keep_spaced(coords: np.ndarray, min_distance: float, p_norm: float = np.inf)
     return keep
 
 
-def _spaced(coords: np.ndarray, values: np.ndarray, min_distance: int) -> np.ndarray:
+def keep_spaced_grid(coords: np.ndarray, min_distance: int, shape: tuple[int, int]) -> np.ndarray:
+    """:func:`keep_spaced` (Chebyshev) for integer ``(row, col)`` pixels of a map of
+    ``shape``, in visiting order; the same mask, at a cost that follows the pixels.
+
+    A point can only be suppressed by another within its ``(2d - 1)²`` box, so points
+    alone in their box (counted with an integral image) are kept without a visit; the
+    others are visited in order against a raster of the boxes of the points kept so far.
+    Saturated probability maps (plateaus where every pixel is a candidate) have millions
+    of close pairs, which a pair list pays for and this does not.
+    """
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    n, r = len(coords), max(0, int(min_distance) - 1)
+    keep = np.ones(n, dtype=bool)
+    if n < 2 or min_distance <= 0:
+        return keep
+    h, w = shape
+    rows, cols = coords[:, 0], coords[:, 1]
+    occupied = np.zeros((h + 1, w + 1), np.int32)
+    np.add.at(occupied, (rows + 1, cols + 1), 1)
+    integral = occupied.cumsum(0).cumsum(1)
+    r0, r1 = np.clip(rows - r, 0, h), np.clip(rows + r + 1, 0, h)
+    c0, c1 = np.clip(cols - r, 0, w), np.clip(cols + r + 1, 0, w)
+    in_box = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]
+    crowded = np.flatnonzero(in_box > 1)
+    blocked = np.zeros((h, w), dtype=bool)
+    for i, y, x in zip(crowded.tolist(), rows[crowded].tolist(), cols[crowded].tolist()):
+        if blocked[y, x]:
+            keep[i] = False
+        else:
+            blocked[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1] = True
+    return keep
+
+
+def _spaced(coords: np.ndarray, values: np.ndarray, min_distance: int, shape: tuple[int, int]) -> np.ndarray:
     """Order peak candidates as peak_local_max does (highest first, stable, so ties stay
-    in row-major order) and apply the spacing rule (:func:`keep_spaced`, Chebyshev)."""
+    in row-major order) and apply the spacing rule (:func:`keep_spaced_grid`, Chebyshev)."""
     order = np.argsort(-values, kind="stable")
     coords = coords[order]
-    return coords[keep_spaced(coords, min_distance)]
+    return coords[keep_spaced_grid(coords, min_distance, shape)]
 
 
 def find_peaks_torch(fg: torch.Tensor, min_distance: int, threshold: float) -> list[np.ndarray]:
@@ -112,7 +145,7 @@ def find_peaks_torch(fg: torch.Tensor, min_distance: int, threshold: float) -> l
         cand = is_max[b] & (fg[b] > threshold)
         coords = torch.nonzero(cand).cpu().numpy()
         values = fg[b][cand].float().cpu().numpy()
-        out.append(_spaced(coords, values, min_distance))
+        out.append(_spaced(coords, values, min_distance, tuple(fg.shape[-2:])))
     return out
 
 
