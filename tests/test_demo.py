@@ -60,3 +60,29 @@ def _check_context_reaches_cell_branch(out: Path, models) -> None:
 def test_long_config_is_closer_to_the_paper():
     cfg = DemoConfig.long(Path("x"), Path("y"))
     assert cfg.size == 256 and cfg.model_overrides == {} and cfg.epochs > DemoConfig.quick(Path("x"), Path("y")).epochs
+
+
+def test_off_gland_score_leaves_out_only_cells_near_glands(tmp_path):
+    """Perfect predictions plus false ones on gland pixels: the full slide score drops,
+    the off-gland score stays 1."""
+    import numpy as np
+    from PIL import Image
+
+    from histozoom.data.synthetic_slide import SlideSynthConfig, slide_outputs, write_synthetic_slide
+    from histozoom.demo import off_gland_mf1
+    from histozoom.evaluation.scoring import evaluate
+
+    out = tmp_path / "s.tiff"
+    truth = write_synthetic_slide(out, SlideSynthConfig(width_mm=0.3, height_mm=0.3, mpp=0.4, seed=2))
+    paths = slide_outputs(out)
+    cells = np.loadtxt(paths["cells"], delimiter=",", skiprows=1, dtype=np.int64)
+    glands = np.asarray(Image.open(paths["glands"])) > 0
+    gr, gc = np.nonzero(glands)
+    assert len(gr) > 50
+    pick = np.random.default_rng(0).choice(len(gr), 40, replace=False)
+    fake = np.column_stack([gc[pick] * 4 + 2, gr[pick] * 4 + 2, np.full(40, 2), np.full(40, 2)])
+    pred = tmp_path / "pred.csv"
+    np.savetxt(pred, np.vstack([cells, fake]), fmt="%d", delimiter=",", header="x,y,class,tissue", comments="")
+    full = evaluate({"p": str(pred)}, str(paths["cells"]), mpp=0.4, bootstrap=0).methods[0].scores().mf1
+    assert full < 1.0
+    assert off_gland_mf1(pred, paths["cells"], paths["glands"], truth) == 1.0

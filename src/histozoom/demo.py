@@ -264,19 +264,47 @@ def slide_step(cfg: DemoConfig, echo: Echo, model: str = "pred-to-inter-2") -> d
     sp = SlidePredictor.from_checkpoint(run)
     out = folder / "predictions" / path.stem
     summary = predict_slides(sp, [path], folder / "predictions", SlideOptions(progress=cfg.progress))[0]
-    report = evaluate({model: str(out / "cells.parquet")}, str(folder / "synthetic_slide.cells.csv"), bootstrap=0)
-    mf1 = report.methods[0].scores().mf1
+    cells, truth_csv = out / "cells.parquet", folder / "synthetic_slide.cells.csv"
+    mf1 = evaluate({model: str(cells)}, str(truth_csv), bootstrap=0).methods[0].scores().mf1
+    mf1_off = off_gland_mf1(cells, truth_csv, folder / "synthetic_slide.glands.png", truth)
     patch = read_done(run).get("test", {}).get("mF1")
     tp = truth.get("purity") or {}
     true_purity = {"overall": tp.get("overall"), "cancer_area": {"purity": tp.get("inside_ca")},
                    "outside_cancer_area": {"purity": tp.get("outside_ca")}}
-    echo(format_table([[model, f"{100 * mf1:.2f}", "" if patch is None else f"{100 * patch:.2f}",
+    echo(format_table([[model, f"{100 * mf1:.2f}", f"{100 * mf1_off:.2f}", "" if patch is None else f"{100 * patch:.2f}",
                         _fmt_purity(summary["purity"]), _fmt_purity(true_purity)]],
-                      ["model", "slide mF1", "patch test mF1", "purity % (in CA / out)", "true purity % (in CA / out)"],
+                      ["model", "slide mF1", "off glands", "patch test mF1", "purity % (in CA / out)",
+                       "true purity % (in CA / out)"],
                       title=f"Whole slide: {summary['cells']} cells on {summary['tissue_area_mm2']:.2f} mm² in "
                             f"{summary['seconds']:.0f} s ({summary['context']} tissue context)"))
     echo(f"  QuPath: {out / 'cells.geojson'}; purity heat map: {out / 'purity.png'}; overlay: {out / 'overlay.png'}")
-    return {"summary": summary, "mf1": mf1, "true": truth}
+    echo("  (the dataset keeps glands out of every cell view, so the model has never seen a gland's dark rim at "
+         "cell resolution; 'off glands' scores the cells farther than the hit radius from one)")
+    return {"summary": summary, "mf1": mf1, "mf1_off_glands": mf1_off, "true": truth}
+
+
+def off_gland_mf1(cells: Path, truth_csv: Path, glands_png: Path, truth: dict) -> float:
+    """Slide mF1 (challenge rule) counting only predicted and true cells farther than the
+    hit radius from a gland of the synthetic slide (``OUT.glands.png``, tissue grid)."""
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage
+
+    from .constants import CHALLENGE_RADIUS_UM
+    from .evaluation.slide_points import read_slide_table
+    from .evaluation.sources import PointSet
+
+    glands = np.asarray(Image.open(glands_png)) > 0
+    near = ndimage.distance_transform_edt(~glands) * truth["tissue_mpp"] <= CHALLENGE_RADIUS_UM
+    f = truth["tissue_mpp"] / truth["mpp"]
+
+    def off(path: Path) -> PointSet:
+        pts, _ = read_slide_table(path, None)
+        r = np.clip((pts.xy[:, 1] // f).astype(int), 0, near.shape[0] - 1)
+        c = np.clip((pts.xy[:, 0] // f).astype(int), 0, near.shape[1] - 1)
+        return PointSet({0: pts.subset(~near[r, c])}, 1, {0: path.stem}, str(path))
+
+    return evaluate({"off glands": off(cells)}, off(truth_csv), mpp=truth["mpp"], bootstrap=0).methods[0].scores().mf1
 
 
 def _fmt_purity(purity: dict | None) -> str:

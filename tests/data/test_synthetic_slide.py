@@ -42,7 +42,8 @@ def test_small_slide_renders_in_seconds(small):
     out, summary, seconds = small
     assert seconds < 15  # ~1 s on an idle core
     assert (summary["width_px"], summary["height_px"]) == (2000, 1600)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["s.cells.csv", "s.slide.json", "s.tiff", "s.tissue.png"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s.cells.csv", "s.glands.png", "s.slide.json", "s.tiff",
+                                                                  "s.tissue.png"]
     assert json.loads(slide_outputs(out)["summary"].read_text(encoding="utf-8")) == summary
 
 
@@ -117,6 +118,12 @@ def test_nuclei_at_the_cells_and_glands_in_the_cancer_area(small):
     region = np.kron(labels, np.ones((4, 4), np.uint8))
     pale = grey > 225  # gland lumina
     assert pale[region == CA].mean() > 0.08 > 0.01 > pale[region == BG].mean()
+    glands = np.asarray(Image.open(slide_outputs(out)["glands"]))
+    assert glands.shape == labels.shape and set(np.unique(glands)) == {0, 1}
+    assert glands[labels == BG].mean() < 0.05 < glands[labels == CA].mean()
+    on_gland = np.kron(glands, np.ones((4, 4), np.uint8)).astype(bool)
+    assert pale[on_gland].mean() > 5 * pale[~on_gland].mean()  # the lumina lie on the marked glands
+    assert glands[y // 4, x // 4].mean() < 0.02  # and no cell does (up to the rounding of the rule)
 
 
 def test_simple_preset_classes_ignore_the_region(tmp_path):
@@ -157,7 +164,7 @@ def test_outputs_are_named_checked_and_not_overwritten(tmp_path):
     assert slide_outputs(out)["cells"].read_text(encoding="utf-8").startswith("x,y,class,tissue")
     with pytest.raises(ConfigError, match="multiple of 256"):
         write_synthetic_slide(out, cfg, overwrite=True, strip_rows=100)
-    assert len(list(tmp_path.iterdir())) == 4  # no temporary files left
+    assert len(list(tmp_path.iterdir())) == 5  # no temporary files left
 
 
 def test_cli_slide_mode(tmp_path, capsys):

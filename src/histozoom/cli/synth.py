@@ -58,7 +58,8 @@ def _slide_parser(prog: str) -> argparse.ArgumentParser:
             "'histozoom synth --preset PRESET'): OUT.tiff (pyramidal tiled TIFF that OpenSlide "
             "reads, Aperio description with the mpp), OUT.cells.csv (x,y,class,tissue; level-0 "
             "pixel centres; class 1 = BC, 2 = TC; tissue 1 = BG, 2 = CA), OUT.tissue.png "
-            "(tissue labels at --tissue-mpp) and OUT.slide.json (summary, true purity)."
+            "(tissue labels at --tissue-mpp), OUT.glands.png (1 on gland pixels of that grid) and "
+            "OUT.slide.json (summary, true purity)."
         ),
     )
     p.add_argument("out", metavar="OUT.tiff", help="output slide (.tif, .tiff or .svs); the ground truth goes next to it")

@@ -44,7 +44,8 @@ Outputs of :func:`write_synthetic_slide` for ``OUT.tiff``: the pyramidal tiled T
 (deflate with a horizontal predictor, 256 px tiles, one page per level, ×2 down to a longest
 side under 1024, an Aperio ImageDescription so that OpenSlide reports the mpp),
 ``OUT.cells.csv`` (``x,y,class,tissue``, rows sorted by ``y`` then ``x``), ``OUT.tissue.png``
-(uint8 labels on the tissue grid) and ``OUT.slide.json`` (the returned summary).
+(uint8 labels on the tissue grid), ``OUT.glands.png`` (the gland pixels of that grid) and
+``OUT.slide.json`` (the returned summary).
 
 Memory: ~30 bytes per tissue pixel (the fields), ~0.5 GB while the 4096 px fibre texture
 is made, ~200 bytes per pixel of a drawing block (200 MB at the default 512 × 2048) and a
@@ -202,6 +203,10 @@ def _finite_positive(v) -> bool:
     return isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) and v > 0
 
 
+GLAND_COVER = 0.05
+"""A tissue pixel whose gland lumen + rim coverage exceeds this is gland: no cell is
+placed there, and ``OUT.glands.png`` marks it."""
+
 # ---------------------------------------------------------------------- the scene
 @dataclass
 class _Scene:
@@ -279,7 +284,7 @@ def _build_scene(cfg: SlideSynthConfig) -> _Scene:
     ti = _tissue_index(xy, f, shape)
     cls, morph, theta, phase = _cell_classes(rng, syn, ca[ti])
     lumen, rim = _gland_layers(_glands(rng, ca, w, None), shape)
-    keep = (lumen[ti] + rim[ti]) <= 0.05  # no cells inside glands (as in the paired data)
+    keep = (lumen[ti] + rim[ti]) <= GLAND_COVER  # no cells inside glands (as in the paired data)
     order = np.flatnonzero(keep)
     order = order[np.lexsort((xy[order, 0], xy[order, 1]))]
 
@@ -449,23 +454,31 @@ def _write_cells(path: Path, scene: _Scene) -> None:
         np.savetxt(fh, table, fmt="%d", delimiter=",", header="x,y,class,tissue", comments="")
 
 
-def _write_tissue(path: Path, ca: np.ndarray) -> None:
+def _write_labels(path: Path, labels: np.ndarray) -> None:
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(np.where(ca, CA, BG).astype(np.uint8)).save(tmp, format="PNG")
+        Image.fromarray(labels.astype(np.uint8)).save(tmp, format="PNG")
+
+
+def gland_mask(scene: _Scene) -> np.ndarray:
+    """Tissue-grid pixels covered by a gland (lumen or epithelial rim), by the rule that
+    keeps cells out of glands."""
+    return (scene.fields["lumen"] + scene.fields["rim"]) > GLAND_COVER
 
 
 # ---------------------------------------------------------------------- public API
 def slide_outputs(out_path: str | Path) -> dict[str, Path]:
     """The files written for ``OUT.tiff``: ``image``, ``cells`` (``OUT.cells.csv``),
-    ``tissue`` (``OUT.tissue.png``) and ``summary`` (``OUT.slide.json``)."""
+    ``tissue`` (``OUT.tissue.png``: 1 = BG, 2 = CA on the tissue grid), ``glands``
+    (``OUT.glands.png``: 1 where a gland's lumen or rim covers the tissue pixel, else 0)
+    and ``summary`` (``OUT.slide.json``)."""
     p = Path(out_path)
     if p.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(p, f"the slide must be named *{' / *'.join(IMAGE_SUFFIXES)}")
     base = p.with_suffix("")
     return {"image": p, "cells": Path(f"{base}.cells.csv"), "tissue": Path(f"{base}.tissue.png"),
-            "summary": Path(f"{base}.slide.json")}
+            "glands": Path(f"{base}.glands.png"), "summary": Path(f"{base}.slide.json")}
 
 
 def write_synthetic_slide(out_path: str | Path, cfg: SlideSynthConfig, *, overwrite: bool = False,
@@ -489,7 +502,8 @@ def write_synthetic_slide(out_path: str | Path, cfg: SlideSynthConfig, *, overwr
     with atomic_path(paths["image"]) as tmp:
         sizes = _write_tiff(tmp, scene, strip_rows, block_cols)
     _write_cells(paths["cells"], scene)
-    _write_tissue(paths["tissue"], scene.ca)
+    _write_labels(paths["tissue"], np.where(scene.ca, CA, BG))
+    _write_labels(paths["glands"], gland_mask(scene))
     summary = _summary(scene, sizes, paths)
     write_json(paths["summary"], summary)
     return summary
