@@ -165,3 +165,20 @@ def test_predict_on_an_empty_split_warns(data, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(tmp_path / "ck"), "--data", str(empty), "--split", "test",
                  "--out", str(tmp_path / "p.json"), "--no-progress"]) == 0
     assert "no pairs to predict" in capsys.readouterr().err
+
+
+def test_a_closed_output_pipe_ends_quietly(tmp_path):
+    """`histozoom ... --json | head -1`: no traceback when the reader has gone."""
+    import os
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)  # every write to w now fails with EPIPE
+    try:
+        p = subprocess.run([sys.executable, "-m", "histozoom", "synth", "slide", str(tmp_path / "s.tiff"), "--width-mm", "0.1",
+                            "--height-mm", "0.1", "--json"], stdout=w, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(w)
+    assert "Traceback" not in p.stderr and p.returncode == 141
+    assert (tmp_path / "s.tiff").is_file()  # the work itself was done and kept
