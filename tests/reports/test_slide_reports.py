@@ -87,6 +87,49 @@ def test_geojson_points_round_trip(tmp_path):
     assert g.geom_type == "Polygon" and len(g.interiors) == 1 and g.equals(ring)
 
 
+def test_geojson_detection_polygons_round_trip(tmp_path):
+    """Nucleus outlines: QuPath's fields, areas and classes back through shapely; open or
+    clockwise rings are closed and turned counter-clockwise; bad outlines are errors."""
+    from shapely.geometry import Polygon
+
+    from histozoom.data.nuclei.records import CCRCC_CLASSES as classes
+
+    rng = np.random.default_rng(3)
+    rings, areas = [], []
+    for k in range(300):
+        cx, cy, r = rng.uniform(0, 5000), rng.uniform(0, 5000), rng.uniform(3, 12)
+        t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+        ring = np.column_stack([cx + r * np.cos(t), cy + r * np.sin(t)])
+        if k % 2:
+            ring = ring[::-1]  # clockwise
+        rings.append(ring)
+        areas.append(Polygon(ring).area)
+    cls = rng.choice(np.asarray(classes.ids), 300)
+    path = tmp_path / "nuclei.geojson"
+    with GeoJSONPointWriter(path, classes, chunk=64) as gj:
+        assert gj.write_detection_polygons(rings, cls, {"area_um2": np.asarray(areas) * 0.0625,
+                                                         "probability": np.full(300, np.nan)}) == 300
+    assert gj.detections == 300
+    feats = _check_features(json.loads(path.read_text(encoding="utf-8")))
+    assert len(feats) == 300
+    for f, ring, a, c in zip(feats, rings, areas, cls, strict=True):
+        g = shape(f["geometry"])
+        coords = f["geometry"]["coordinates"][0]
+        assert g.geom_type == "Polygon" and g.is_valid and coords[0] == coords[-1] and g.exterior.is_ccw
+        assert g.area == pytest.approx(a, abs=0.01 * Polygon(ring).length)  # vertices rounded to 0.005 px
+        assert f["properties"]["objectType"] == "detection"
+        assert f["properties"]["classification"]["name"] == classes.name(int(c))
+        assert f["properties"]["measurements"]["area_um2"] == pytest.approx(a * 0.0625, abs=1e-4)
+        assert f["properties"]["measurements"]["probability"] is None
+    with GeoJSONPointWriter(tmp_path / "bad.geojson", classes) as gj:
+        with pytest.raises(ValueError, match="fewer than 3"):
+            gj.write_detection_polygons([np.array([[0, 0], [1, 1], [0, 0]])], [classes.ids[0]])
+        with pytest.raises(ValueError, match="not in the class set"):
+            gj.write_detection_polygons([rings[0]], [99])
+        with pytest.raises(ValueError, match="outlines for"):
+            gj.write_detection_polygons(rings[:2], [classes.ids[0]])
+
+
 def test_geojson_ids_deterministic_and_compact(tmp_path):
     x, y, cls, prob = _cells(50)
     docs, texts = [], []

@@ -86,7 +86,8 @@ class GeoJSONPointWriter:
 
     Detections (:meth:`write_cells`): ``Point`` geometries at the cells' level-0 ``(x, y)``
     (rounded to 2 decimals), ``properties = {"objectType": "detection", "classification":
-    {"name", "color"}, "measurements": {"probability"}}`` (4 decimals). Annotations
+    {"name", "color"}, "measurements": {"probability"}}`` (4 decimals); or outlines
+    (:meth:`write_detection_polygons`, nuclei): ``Polygon`` detections. Annotations
     (:meth:`write_annotation`): a (Multi)Polygon with ``objectType: "annotation"``.
 
     Feature ids are version-4-shaped UUID strings, deterministic: a 128-bit base drawn
@@ -206,6 +207,49 @@ class GeoJSONPointWriter:
             ids = self._id_counters(len(xs))
             self._write([tpl % row for row in zip(ids, np.round(xs, 2).tolist(), np.round(ys, 2).tolist(), names, pr)])
             self._detections += len(xs)
+        return n
+
+    def write_detection_polygons(self, rings: Sequence[Any], cls: Any, measurements: Mapping[str, Any] | None = None) -> int:
+        """Append one detection per outline (nuclei): ``rings[i]`` an ``(N, 2)`` array of
+        level-0 ``(x, y)`` vertices (closed here if it is not; at least 3 distinct
+        vertices; oriented counter-clockwise in x/y as GeoJSON asks), ``cls[i]`` a class id
+        of ``classes``, ``measurements`` ``{name: values}`` with one value per outline
+        (rounded to 4 decimals; NaN/inf as ``null``). Returns the number written."""
+        cls = _column(cls, np.int64)
+        n = len(cls)
+        if len(rings) != n:
+            raise ValueError(f"write_detection_polygons: {len(rings)} outlines for {n} class ids")
+        meas = {str(k): _column(v, np.float64) for k, v in (measurements or {}).items()}
+        for k, v in meas.items():
+            if len(v) != n:
+                raise ValueError(f"write_detection_polygons: measurement {k!r} has {len(v)} values for {n} outlines")
+        unknown = np.setdiff1d(cls, self.classes.ids).tolist()
+        if unknown:
+            raise ValueError(f"write_detection_polygons: class ids {unknown} are not in the class set {self.classes.ids}")
+        for s in range(0, n, self.chunk):
+            e = min(n, s + self.chunk)
+            ids = self._ids(e - s)
+            out = []
+            for k in range(s, e):
+                ring = np.asarray(rings[k], dtype=np.float64).reshape(-1, 2)
+                if not np.isfinite(ring).all():
+                    raise ValueError(f"write_detection_polygons: outline {k} has non-finite vertices")
+                if len(ring) and (ring[0] != ring[-1]).any():
+                    ring = np.vstack([ring, ring[:1]])
+                if len(np.unique(ring, axis=0)) < 3:
+                    raise ValueError(f"write_detection_polygons: outline {k} has fewer than 3 distinct vertices")
+                x, y = ring[:, 0], ring[:, 1]
+                if np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) < 0:  # clockwise in x/y: reverse
+                    ring = ring[::-1]
+                vals = {name: (round(float(v[k]), 4) if math.isfinite(v[k]) else None) for name, v in meas.items()}
+                props = {"objectType": "detection", "classification": json.loads(self._classification[int(cls[k])])}
+                if vals:
+                    props["measurements"] = vals
+                doc = {"type": "Feature", "id": ids[k - s],
+                       "geometry": {"type": "Polygon", "coordinates": [np.round(ring, 2).tolist()]}, "properties": props}
+                out.append(json.dumps(doc, separators=(",", ":"), allow_nan=False))
+            self._write(out)
+            self._detections += len(out)
         return n
 
     def write_annotation(self, polygon: Any, name: str = "Tumor", color: Sequence[int] = (200, 0, 0),
