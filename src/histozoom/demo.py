@@ -246,7 +246,8 @@ def slide_step(cfg: DemoConfig, echo: Echo, model: str = "pred-to-inter-2") -> d
     from .slides.runner import SlideOptions, SlidePredictor, predict_slides
 
     run = cfg.out / "runs" / model
-    if model not in cfg.models or read_done(run) is None:
+    done = read_done(run) if model in cfg.models else None
+    if done is None:
         echo(f"[5/6] skipped: no trained {model}")
         return None
     folder = cfg.out / "slide"
@@ -267,7 +268,7 @@ def slide_step(cfg: DemoConfig, echo: Echo, model: str = "pred-to-inter-2") -> d
     cells, truth_csv = out / "cells.parquet", folder / "synthetic_slide.cells.csv"
     mf1 = evaluate({model: str(cells)}, str(truth_csv), bootstrap=0).methods[0].scores().mf1
     mf1_off = off_gland_mf1(cells, truth_csv, folder / "synthetic_slide.glands.png", truth)
-    patch = read_done(run).get("test", {}).get("mF1")
+    patch = done.get("test", {}).get("mF1")
     tp = truth.get("purity") or {}
     true_purity = {"overall": tp.get("overall"), "cancer_area": {"purity": tp.get("inside_ca")},
                    "outside_cancer_area": {"purity": tp.get("outside_ca")}}
@@ -291,6 +292,7 @@ def off_gland_mf1(cells: Path, truth_csv: Path, glands_png: Path, truth: dict) -
     from scipy import ndimage
 
     from .constants import CHALLENGE_RADIUS_UM
+    from .data.synthetic_slide import tissue_index
     from .evaluation.slide_points import read_slide_table
     from .evaluation.sources import PointSet
 
@@ -300,8 +302,7 @@ def off_gland_mf1(cells: Path, truth_csv: Path, glands_png: Path, truth: dict) -
 
     def off(path: Path) -> PointSet:
         pts, _ = read_slide_table(path, None)
-        r = np.clip((pts.xy[:, 1] // f).astype(int), 0, near.shape[0] - 1)
-        c = np.clip((pts.xy[:, 0] // f).astype(int), 0, near.shape[1] - 1)
+        r, c = tissue_index(pts.xy, f, near.shape)
         return PointSet({0: pts.subset(~near[r, c])}, 1, {0: path.stem}, str(path))
 
     return evaluate({"off glands": off(cells)}, off(truth_csv), mpp=truth["mpp"], bootstrap=0).methods[0].scores().mf1

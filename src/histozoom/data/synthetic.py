@@ -99,6 +99,9 @@ the dataset (by :func:`histozoom.evaluation.oracles.write_synthetic_dataset`).""
 MORPHOLOGY_FEATURES = ("radius_um", "darkness", "elongation", "irregularity")
 THINNING_COMPENSATION = 1.08
 """Cells are drawn this much denser than ``cells_per_mm2``; thinning to the minimum distance takes the excess."""
+GLAND_COVER = 0.05
+"""A tissue pixel whose gland lumen + rim coverage exceeds this is gland: no cell lies
+there (in the paired data and on slides, where ``OUT.glands.png`` marks it)."""
 
 
 # ---------------------------------------------------------------------- configuration
@@ -712,7 +715,7 @@ def generate_pair(cfg: SynthConfig, rng: np.random.Generator, sample_id: str) ->
     ng = len(gl["x"])
     lumen, rim = _gland_layers(gl, (t, t))
     in_gland = (lumen + rim)[np.clip(np.rint(xy_t[:, 1]), 0, t - 1).astype(int),
-                             np.clip(np.rint(xy_t[:, 0]), 0, t - 1).astype(int)] > 0.05
+                             np.clip(np.rint(xy_t[:, 0]), 0, t - 1).astype(int)] > GLAND_COVER
     alive &= ~(in_gland & ~near_c)
 
     # ---- cell view

@@ -69,6 +69,7 @@ from .synthetic import (
     BC,
     BG,
     CA,
+    GLAND_COVER,
     TC,
     THINNING_COMPENSATION,
     SynthConfig,
@@ -89,7 +90,7 @@ from .synthetic import (
     _to_rgb,
 )
 
-__all__ = ["SlideSynthConfig", "slide_outputs", "write_synthetic_slide"]
+__all__ = ["SlideSynthConfig", "slide_outputs", "tissue_index", "write_synthetic_slide"]
 
 TILE = 256
 """TIFF tile side; also the bins that fix the random texture of nuclei and noise."""
@@ -203,9 +204,6 @@ def _finite_positive(v) -> bool:
     return isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(v) and v > 0
 
 
-GLAND_COVER = 0.05
-"""A tissue pixel whose gland lumen + rim coverage exceeds this is gland: no cell is
-placed there, and ``OUT.glands.png`` marks it."""
 
 # ---------------------------------------------------------------------- the scene
 @dataclass
@@ -243,8 +241,9 @@ class _Bins:
     reach: int
 
 
-def _tissue_index(xy: np.ndarray, f: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest tissue pixel ``(row, col)`` of level-0 centres ``xy``."""
+def tissue_index(xy: np.ndarray, f: float, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest tissue pixel ``(row, col)`` of level-0 centres ``xy`` ``(N, 2)`` (``f`` level-0
+    px per tissue px, ``shape`` the tissue grid): the frame of ``OUT.tissue.png`` and ``OUT.glands.png``."""
     t = (xy + 0.5) / f - 0.5
     return (np.clip(np.rint(t[:, 1]), 0, shape[0] - 1).astype(np.int64),
             np.clip(np.rint(t[:, 0]), 0, shape[1] - 1).astype(np.int64))
@@ -281,7 +280,7 @@ def _build_scene(cfg: SlideSynthConfig) -> _Scene:
     e_t, hb_t, mid = _stroma(rng, shape, w, cfg.tissue_mpp, h_bg)
 
     xy = _scatter_cells(rng, syn, cfg)
-    ti = _tissue_index(xy, f, shape)
+    ti = tissue_index(xy, f, shape)
     cls, morph, theta, phase = _cell_classes(rng, syn, ca[ti])
     lumen, rim = _gland_layers(_glands(rng, ca, w, None), shape)
     keep = (lumen[ti] + rim[ti]) <= GLAND_COVER  # no cells inside glands (as in the paired data)

@@ -103,10 +103,9 @@ class GeoJSONPointWriter:
         self.classes = classes
         self.colors = _color_map(classes, colors)
         self.chunk = max(1, int(chunk))
-        self._classification = {
-            cid: json.dumps({"name": name, "color": list(self.colors[cid])}, separators=(",", ":"))
-            for cid, name in zip(classes.ids, classes.names)
-        }
+        self._class_props = {cid: {"name": name, "color": list(self.colors[cid])}
+                             for cid, name in zip(classes.ids, classes.names)}
+        self._classification = {cid: json.dumps(c, separators=(",", ":")) for cid, c in self._class_props.items()}
         if seed is None:
             seed = str(self.path.absolute())
         base = uuid.uuid5(uuid.NAMESPACE_URL, f"histozoom:geojson:{seed}").int
@@ -242,7 +241,7 @@ class GeoJSONPointWriter:
                 if np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) < 0:  # clockwise in x/y: reverse
                     ring = ring[::-1]
                 vals = {name: (round(float(v[k]), 4) if math.isfinite(v[k]) else None) for name, v in meas.items()}
-                props = {"objectType": "detection", "classification": json.loads(self._classification[int(cls[k])])}
+                props = {"objectType": "detection", "classification": self._class_props[int(cls[k])]}
                 if vals:
                     props["measurements"] = vals
                 doc = {"type": "Feature", "id": ids[k - s],

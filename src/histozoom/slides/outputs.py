@@ -24,6 +24,7 @@ import numpy as np
 
 from ..atomic import atomic_open, atomic_path, write_json
 from ..reports.geojson import DEFAULT_COLORS
+from .tiling import mask_index
 
 if TYPE_CHECKING:
     from .reader import Slide
@@ -75,9 +76,7 @@ def _in_region(region: _Region, x: np.ndarray, y: np.ndarray, size: tuple[int, i
     slide's edge, and cells found there, on glass or outside the ROI are dropped."""
     on_slide = (x >= 0) & (y >= 0) & (x <= size[0] - 1) & (y <= size[1] - 1)
     h, w = region.mask.shape
-    # the thumbnail's last row and column also cover the slide's remainder (its size is floored)
-    c = np.clip(np.floor((x + 0.5) / region.thumb_scale).astype(np.int64), 0, w - 1)
-    r = np.clip(np.floor((y + 0.5) / region.thumb_scale).astype(np.int64), 0, h - 1)
+    c, r = mask_index(x + 0.5, region.thumb_scale, w), mask_index(y + 0.5, region.thumb_scale, h)
     keep = np.zeros(len(x), bool)
     keep[on_slide] = region.mask[r[on_slide], c[on_slide]]
     return keep

@@ -21,7 +21,14 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["SlideSettings", "TileGrid"]
+__all__ = ["SlideSettings", "TileGrid", "mask_index"]
+
+
+def mask_index(v, scale: float, n: int) -> np.ndarray:
+    """Row or column of a mask of ``n`` rows or columns holding level-0 coordinate ``v``
+    (scalar or array): a mask pixel covers ``scale`` level-0 px, and the last one also
+    covers the remainder of the slide past ``n · scale``, as a floored thumbnail does."""
+    return np.clip(np.floor(np.asarray(v, dtype=np.float64) / scale), 0, n - 1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -133,8 +140,7 @@ class TileGrid:
         h, w = mask.shape
         for k in range(len(self)):
             x0, y0, x1, y1 = self.core_box(k)
-            c0 = min(w - 1, max(0, math.floor(x0 / mask_scale)))
-            r0 = min(h - 1, max(0, math.floor(y0 / mask_scale)))
+            c0, r0 = int(mask_index(x0, mask_scale, w)), int(mask_index(y0, mask_scale, h))
             c1, r1 = min(w, math.ceil(x1 / mask_scale)), min(h, math.ceil(y1 / mask_scale))
             if c1 > c0 and r1 > r0 and mask[r0:r1, c0:c1].any():
                 keep.append(k)
