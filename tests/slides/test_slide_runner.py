@@ -17,6 +17,7 @@ from histozoom.models.checkpoint import save_pretrained
 from histozoom.models.registry import build_model
 from histozoom.pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES
 from histozoom.slides import outputs as slide_outputs
+from histozoom.slides.job import find_region, in_region
 from histozoom.slides.outputs import read_cells
 from histozoom.slides.reader import ArraySlide
 from histozoom.slides.runner import SlideOptions, SlidePredictor, predict_slides
@@ -142,7 +143,7 @@ class Killed(Exception):
 def _kill_at(mp, where: str, after: int) -> None:
     """Make the run die after ``after`` batch parts (``part``), after ``after`` tissue
     batches (``tissue``), or when it writes the summary (``finish``)."""
-    import histozoom.slides.runner as runner
+    import histozoom.slides.tissue_pass as tissue_pass
 
     if where == "part":
         real, calls = slide_outputs.write_part, [0]
@@ -155,14 +156,14 @@ def _kill_at(mp, where: str, after: int) -> None:
 
         mp.setattr(slide_outputs, "write_part", part)
     elif where == "tissue":
-        real_json = runner.write_json
+        real_json = tissue_pass.write_json
 
         def tissue(path, obj, *a, **k):
             if str(path).endswith("tissue_done.json") and obj["batches"] > after:
                 raise Killed
             return real_json(path, obj, *a, **k)
 
-        mp.setattr(runner, "write_json", tissue)
+        mp.setattr(tissue_pass, "write_json", tissue)
     else:
         def finish(*a, **k):
             raise Killed
@@ -188,7 +189,7 @@ def test_tile_cores_cover_the_whole_slide_when_the_thumbnail_is_floored(size):
     size; the strip past its last column and row is still tiled and kept."""
     slide = _slide(*size)
     sp = _equivariant_predictor()
-    region = sp._region(slide, OPTS)
+    region = find_region(slide, OPTS, sp.settings.cell_mpp, sp.settings.cell_tile, sp.settings.cell_margin)
     assert slide.dimensions[0] % region.thumb_scale != 0
     covered = np.zeros(size, bool)
     for k in region.tiles:
@@ -196,8 +197,8 @@ def test_tile_cores_cover_the_whole_slide_when_the_thumbnail_is_floored(size):
         covered[max(0, y0):y1, max(0, x0):x1] = True
     assert covered.all()
     xs, ys = np.meshgrid(np.arange(size[1], dtype=float), np.arange(size[0], dtype=float))
-    assert slide_outputs._in_region(region, xs.ravel(), ys.ravel(), slide.dimensions).all()
-    assert not slide_outputs._in_region(region, np.array([-1.0, size[1]]), np.array([5.0, 5.0]), slide.dimensions).any()
+    assert in_region(region, xs.ravel(), ys.ravel(), slide.dimensions).all()
+    assert not in_region(region, np.array([-1.0, size[1]]), np.array([5.0, 5.0]), slide.dimensions).any()
 
 
 def test_a_slide_without_tissue_gives_zeros_and_a_warning(tmp_path):

@@ -33,19 +33,15 @@ def _formats(text: str) -> tuple[str, ...]:
     return items
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("slide", help="whole-slide inference (cell detection, QuPath GeoJSON, tumour purity)",
-                       description=__doc__.splitlines()[0])
-    slide_sub = p.add_subparsers(dest="slide_command", required=True, metavar="SLIDE_COMMAND")
-    q = slide_sub.add_parser("predict", help="detect cells over whole slides", description=__doc__.splitlines()[0],
-                             epilog="\n".join(__doc__.splitlines()[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_slide_arguments(q: argparse.ArgumentParser, what: str) -> None:
+    """The flags every slide command shares (``what``: what it finds, for the help texts)."""
     q.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR_OR_LIST",
                    help="slide files, folders of slides, or .txt lists of slide paths")
     q.add_argument("--checkpoint", required=True, metavar="RUN", help="training run folder or save_pretrained folder")
     q.add_argument("--out", required=True, metavar="DIR", help="output folder (one subfolder per slide)")
     q.add_argument("--mpp", type=mpp, metavar="UM", help="level-0 µm/px (for slides without it, or to override it)")
     q.add_argument("--allow-upsample", action="store_true",
-                   help="run slides more than 1.5x coarser than the model's cell view (upsampled)")
+                   help="run slides more than 1.5x coarser than the model's view (upsampled)")
     q.add_argument("--roi", metavar="FILE", help="region of interest: QuPath GeoJSON polygons or a mask image")
     q.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), default=8, metavar="N", help="tiles per batch (default: 8)")
     q.add_argument("--workers", type=nonnegative_int(MAX_WORKERS), default=2, metavar="N",
@@ -53,27 +49,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     q.add_argument("--skip-errors", action="store_true", help="go on past a broken slide; it is listed with its error")
     q.add_argument("--formats", type=_formats, default=("parquet", "geojson"), metavar="LIST",
-                   help="cell outputs, comma-separated of parquet, geojson, csv (default: parquet,geojson)")
-    q.add_argument("--per-tile-context", action="store_true",
-                   help="read each cell tile's tissue view from the pyramid instead of one shared tissue map")
-    q.add_argument("--no-images", action="store_true", help="skip purity.png and overlay.png")
+                   help=f"{what} outputs, comma-separated of parquet, geojson, csv (default: parquet,geojson)")
+    q.add_argument("--no-images", action="store_true", help="skip the PNG figures")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
     q.add_argument("--json", action="store_true", help="print the per-slide summaries as one JSON document")
+
+
+def slide_options(args: argparse.Namespace, **extra):
+    """The :class:`~histozoom.slides.job.SlideOptions` of the shared flags."""
+    from ..slides.job import SlideOptions
+
+    return SlideOptions(mpp=args.mpp, allow_upsample=args.allow_upsample, roi=args.roi, batch_size=args.batch_size,
+                        workers=args.workers, formats=args.formats, progress=not args.no_progress,
+                        images=not args.no_images, **extra)
+
+
+def run_slides(sp, args: argparse.Namespace, options, tag: str) -> int:
+    """Run ``sp`` over the inputs; JSON or log lines; exit 2 when a slide failed."""
+    from ..slides.job import predict_slides
+
+    log = None if args.json else (lambda msg: print(f"[{tag}] {msg}", file=sys.stderr))
+    results = predict_slides(sp, args.inputs, args.out, options, skip_errors=args.skip_errors, log=log)
+    if args.json:
+        print_json({"slides": results})
+    return 2 if any(r.get("status") == "error" for r in results) else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("slide", help="whole-slide inference (cell detection, QuPath GeoJSON, tumour purity)",
+                       description=__doc__.splitlines()[0])
+    slide_sub = p.add_subparsers(dest="slide_command", required=True, metavar="SLIDE_COMMAND")
+    q = slide_sub.add_parser("predict", help="detect cells over whole slides", description=__doc__.splitlines()[0],
+                             epilog="\n".join(__doc__.splitlines()[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_slide_arguments(q, "cell")
+    q.add_argument("--per-tile-context", action="store_true",
+                   help="read each cell tile's tissue view from the pyramid instead of one shared tissue map")
     q.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..atomic import check_output
-    from ..slides.runner import SlideOptions, SlidePredictor, predict_slides
+    from ..slides.runner import SlidePredictor
 
     check_output(args.out, "folder")
     sp = SlidePredictor.from_checkpoint(args.checkpoint, device=args.device)
-    options = SlideOptions(mpp=args.mpp, allow_upsample=args.allow_upsample, roi=args.roi, batch_size=args.batch_size,
-                           workers=args.workers, formats=args.formats, progress=not args.no_progress,
-                           context="per-tile" if args.per_tile_context else "auto", images=not args.no_images)
-    log = None if args.json else (lambda msg: print(f"[slide] {msg}", file=sys.stderr))
-    results = predict_slides(sp, args.inputs, args.out, options, skip_errors=args.skip_errors, log=log)
-    if args.json:
-        print_json({"slides": results})
-    failed = [r for r in results if r.get("status") == "error"]
-    return 2 if failed else 0
+    return run_slides(sp, args, slide_options(args, context="per-tile" if args.per_tile_context else "auto"), "slide")

@@ -195,12 +195,19 @@ class NucleiPredictor:
         ph, pw = -h % self.multiple, -w % self.multiple
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        return {name: m[0][..., :h, :w].cpu().numpy() for name, m in self.batch_maps(x).items()}
+
+    def batch_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The maps of :meth:`maps` for a batch ``(B, 3, H, W)`` of normalised images on the
+        device (:func:`~histozoom.data.samples.image_tensor`; sides multiples of
+        :attr:`multiple`): ``class_prob`` ``(B, C+1, H, W)``, ``foreground`` ``(B, H, W)`` and
+        ``distance`` ``(B, H, W)`` when predicted; averaged over the TTA transforms."""
         mean = average(self._forward, x, as_transforms(self.tta))
         n_classes = len(self.classes) + 1
         if mean["class_prob"].shape[1] != n_classes:
             raise InputError(None, f"model predicts {mean['class_prob'].shape[1]} class channels, "
                                    f"the class set needs {n_classes} (background + {len(self.classes)})")
-        return {name: m[0][..., :h, :w].cpu().numpy() for name, m in mean.items()}
+        return mean
 
     # ------------------------------------------------------------------ instances
     def postprocess(self, maps: dict[str, np.ndarray], sample_id: str = "") -> NucleiPrediction:

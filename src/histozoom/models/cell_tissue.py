@@ -419,14 +419,21 @@ class CellTissueModel(nn.Module):
 
     # ------------------------------------------------------------------ the two branches apart (slides)
     @property
+    def tissue_standalone(self) -> bool:
+        """Whether the tissue branch predicts from the tissue view alone (no cell→tissue
+        links, no ground-truth labels), so :meth:`tissue_probabilities` gives what the model
+        was trained to predict, on any tissue tile of a slide."""
+        cfg = self.config
+        return (self.tissue is not None and self.tissue_first and not cfg.leak_tissue_labels
+                and cfg.tissue_input == "tissue")
+
+    @property
     def tissue_prediction_only(self) -> bool:
         """Whether the cell branch receives nothing from the tissue branch but its softmax
         (the pred-to-* variants): then the tissue branch can run once over a whole slide
         (:meth:`tissue_probabilities`) and each cell tile take its window of that map
         (:meth:`cell_logits_given_tissue`)."""
-        cfg = self.config
-        return (self.tissue is not None and self.tissue_first and not self.t2c and cfg.inject is not None
-                and not cfg.leak_tissue_labels and cfg.tissue_input == "tissue")
+        return self.tissue_standalone and not self.t2c and self.config.inject is not None
 
     def tissue_probabilities(self, tissue_img: torch.Tensor) -> torch.Tensor:
         """``(B, n_tissue_classes, Ht, Wt)`` softmax of the tissue branch (tissue frame)."""

@@ -96,6 +96,25 @@ def load_config(directory: str | Path) -> tuple[Any, dict[str, Any]]:
     return config, meta
 
 
+def checkpoint_family(meta: Mapping[str, Any]) -> str:
+    """The model family of a checkpoint's ``meta`` (:func:`load_config`): ``"nuclei"``
+    (CHR-Net and its baselines) or ``"cell-tissue"`` (the OCELOT models), from its config class."""
+    name = str(meta.get("config_type", ""))
+    if name.endswith(".ChrNetConfig"):
+        return "nuclei"
+    if name.endswith(".CellTissueConfig"):
+        return "cell-tissue"
+    return "unknown"
+
+
+def require_family(path: str | Path, meta: Mapping[str, Any], family: str, hint: str) -> None:
+    """An :class:`InputError` naming the checkpoint ``path`` and what it is unless it is of ``family``."""
+    got = checkpoint_family(meta)
+    if got != family:
+        what = {"nuclei": "a nuclei (CHR-Net) model", "cell-tissue": "an OCELOT cell–tissue model"}.get(got, "not a known model")
+        raise InputError(path, f"this checkpoint is {what} ({meta.get('model_name') or meta.get('config_type')}); {hint}")
+
+
 def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu", strict: bool = True) -> nn.Module:
     """Rebuild the model saved by :func:`save_pretrained` and load its weights (eval mode)."""
     config, _ = load_config(directory)

@@ -1,4 +1,4 @@
-"""Whole-slide cell reports: QuPath GeoJSON (streamed), cancer-area polygons, tumour purity.
+"""Whole-slide cell reports: QuPath GeoJSON (streamed), cancer-area polygons, tumour purity, grade maps.
 
 Pure functions of a cell table; no model. Frames and units:
 
@@ -10,11 +10,12 @@ Pure functions of a cell table; no model. Frames and units:
 * **Masks**: boolean grids with an ``origin = (x0, y0)`` and a ``scale = s`` (level-0 px per
   mask px); mask pixel ``(r, c)`` covers ``[x0 + c·s, x0 + (c+1)·s) × [y0 + r·s, y0 + (r+1)·s)``
   in the frame of ``origin`` (the polygons come out in that frame).
-* **Purity squares**: square ``(i, j)`` of side ``q = cell_um / mpp`` level-0 px holds the
+* **Squares** (purity and grade maps): square ``(i, j)`` of side ``q = cell_um / mpp`` level-0 px holds the
   cells with ``x + 0.5`` in ``[j·q, (j+1)·q)`` and ``y + 0.5`` in ``[i·q, (i+1)·q)``, i.e. the
   level-0 pixels it covers (the convention of :meth:`histozoom.slides.tissue_map.TissueMap.argmax_at`).
 
-Tumour purity = TC / (TC + BC); ``None`` (or NaN in a grid) where there is neither.
+Tumour purity = TC / (TC + BC); ``None`` (or NaN in a grid) where there is neither. Grade maps:
+the share of G3 (or of G2+G3) among the tumour nuclei per square (:func:`share_grid`).
 Every file is written to a temporary name and renamed (:mod:`histozoom.atomic`).
 """
 
@@ -39,6 +40,8 @@ __all__ = [
     "mask_polygons",
     "purity_grid",
     "purity_summary",
+    "share_grid",
+    "write_grades_png",
     "write_overlay_png",
     "write_purity_png",
 ]
@@ -391,32 +394,47 @@ def mask_polygons(mask: np.ndarray, origin: tuple[float, float] = (0.0, 0.0), sc
 
 
 # ---------------------------------------------------------------------- purity
-def purity_grid(x: Any, y: Any, cls: Any, width: int, height: int, cell_um: float = 250.0, mpp: float = 0.25,
-                tumour_id: int = TUMOUR_ID, background_id: int = BACKGROUND_ID) -> tuple[np.ndarray, np.ndarray]:
-    """Tumour purity per square of ``cell_um`` µm over the slide's level-0 extent.
+def share_grid(x: Any, y: Any, positive: Any, counted: Any, width: int, height: int, cell_um: float = 250.0,
+               mpp: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """Share of ``positive`` among the ``counted`` cells per square of ``cell_um`` µm over the
+    slide's level-0 extent.
 
-    ``width``, ``height``: level-0 size in px; ``mpp``: µm per level-0 px; squares have side
-    ``q = cell_um / mpp`` level-0 px (the last row and column may be partial): square
-    ``(i, j)`` holds the cells with ``x + 0.5`` in ``[j·q, (j+1)·q)`` and ``y + 0.5`` in
-    ``[i·q, (i+1)·q)``; cells outside the extent are ignored. Returns ``(fraction,
-    counts)``, both ``(ceil(height / q), ceil(width / q))``: ``fraction`` = TC / (TC + BC)
-    (float64, NaN where the square holds neither) and ``counts`` = TC + BC (int64).
+    ``x``, ``y``: level-0 pixel centres; ``positive``, ``counted``: one bool per cell (a positive
+    cell counts only when it is also counted). ``width``, ``height``: level-0 size in px; ``mpp``:
+    µm per level-0 px; squares have side ``q = cell_um / mpp`` level-0 px (the last row and column
+    may be partial): square ``(i, j)`` holds the cells with ``x + 0.5`` in ``[j·q, (j+1)·q)`` and
+    ``y + 0.5`` in ``[i·q, (i+1)·q)``; cells outside the extent are ignored. Returns ``(fraction,
+    counts)``, both ``(ceil(height / q), ceil(width / q))``: ``fraction`` = positive / counted
+    (float64, NaN where the square holds no counted cell) and ``counts`` = counted cells (int64).
     """
     if cell_um <= 0 or mpp <= 0:
-        raise ValueError(f"purity_grid: cell_um and mpp must be > 0, got {cell_um}, {mpp}")
+        raise ValueError(f"share_grid: cell_um and mpp must be > 0, got {cell_um}, {mpp}")
+    x, y = _column(x, np.float64), _column(y, np.float64)
+    pos, cnt = _column(positive, bool), _column(counted, bool)
+    if not (len(y) == len(pos) == len(cnt) == len(x)):
+        raise ValueError(f"share_grid: x, y, positive, counted differ in length ({len(x)}, {len(y)}, {len(pos)}, {len(cnt)})")
     q = float(cell_um) / float(mpp)
     rows, cols = max(1, math.ceil(height / q)), max(1, math.ceil(width / q))
-    x, y, cls = _column(x, np.float64), _column(y, np.float64), _column(cls, np.int64)
     u, v = x + 0.5, y + 0.5
-    sel = (u >= 0) & (u < width) & (v >= 0) & (v < height) & ((cls == tumour_id) | (cls == background_id))
+    sel = (u >= 0) & (u < width) & (v >= 0) & (v < height) & cnt
     c = np.minimum(np.floor(u[sel] / q).astype(np.int64), cols - 1)
     r = np.minimum(np.floor(v[sel] / q).astype(np.int64), rows - 1)
     flat = r * cols + c
     counts = np.bincount(flat, minlength=rows * cols).reshape(rows, cols)
-    tc = np.bincount(flat[cls[sel] == tumour_id], minlength=rows * cols).reshape(rows, cols)
+    hits = np.bincount(flat[pos[sel]], minlength=rows * cols).reshape(rows, cols)
     frac = np.full((rows, cols), np.nan)
-    np.divide(tc, counts, out=frac, where=counts > 0)
+    np.divide(hits, counts, out=frac, where=counts > 0)
     return frac, counts
+
+
+def purity_grid(x: Any, y: Any, cls: Any, width: int, height: int, cell_um: float = 250.0, mpp: float = 0.25,
+                tumour_id: int = TUMOUR_ID, background_id: int = BACKGROUND_ID) -> tuple[np.ndarray, np.ndarray]:
+    """Tumour purity per square of ``cell_um`` µm over the slide's level-0 extent: :func:`share_grid`
+    of TC among TC + BC (``cls``: cell class ids). Returns ``(fraction, counts)``: TC / (TC + BC)
+    (NaN where the square holds neither) and TC + BC per square."""
+    cls = _column(cls, np.int64)
+    is_tc = cls == tumour_id
+    return share_grid(x, y, is_tc, is_tc | (cls == background_id), width, height, cell_um, mpp)
 
 
 def purity_summary(cls: Any, tissue: Any, tumour_id: int = TUMOUR_ID, background_id: int = BACKGROUND_ID,
@@ -477,6 +495,62 @@ def _rgb_image(thumbnail: np.ndarray) -> np.ndarray:
     return t
 
 
+def _write_grid_png(path: str | Path, thumbnail: np.ndarray, extent: Sequence[float],
+                    panels: Sequence[tuple[np.ndarray, str]], square_px: float | None, title: str, width_px: int,
+                    cmap: str, alpha: float, dpi: int) -> Path:
+    """Grids of shares in [0, 1] over the slide ``thumbnail``, side by side, each with a colour bar, as a PNG.
+
+    ``panels``: ``(grid, colour-bar label)`` pairs; ``extent``: the thumbnail's level-0 ``(left, right,
+    bottom, top)``; ``square_px``: a grid square's side in level-0 px (grids start at ``(left, top)``) or
+    ``None`` (stretched over ``extent``). NaN squares are transparent. Each of the ``n`` panels is
+    ``width_px // n`` wide, a map ``width_px // n - 160`` px wide (at most 1600 px high) at the
+    thumbnail's aspect ratio plus its colour bar; the PNG is ``width_px`` wide and ``img_h + 60`` px high.
+    """
+    from matplotlib.figure import Figure
+
+    thumb = _rgb_image(thumbnail)
+    n = len(panels)
+    left, right, bottom, top = (float(v) for v in extent)
+    aspect = abs(bottom - top) / max(abs(right - left), 1e-9)
+    img_w = max(40, int(width_px) // n - 160)
+    img_h = max(1, round(img_w * aspect))
+    if img_h > 1600:
+        img_h = 1600
+        img_w = max(1, round(img_h / aspect))
+    fw, fh = max(int(width_px), n * (img_w + 160)), img_h + 60
+    col_w = fw // n
+    fig = Figure(figsize=(fw / dpi, fh / dpi), dpi=dpi)
+    for k, (grid, label) in enumerate(panels):
+        grid = np.asarray(grid, dtype=np.float64)
+        x0 = k * col_w
+        ax = fig.add_axes(((x0 + 10) / fw, 10 / fh, img_w / fw, img_h / fh))
+        ax.imshow(thumb, extent=(left, right, bottom, top), interpolation="antialiased")
+        if square_px is None:
+            gext = (left, right, bottom, top)
+        else:
+            sx = math.copysign(square_px, right - left)
+            sy = math.copysign(square_px, bottom - top)
+            gext = (left, left + grid.shape[1] * sx, top + grid.shape[0] * sy, top)
+        im = ax.imshow(np.ma.masked_invalid(grid), extent=gext, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha,
+                       interpolation="nearest")
+        ax.set_xlim(left, right)
+        ax.set_ylim(bottom, top)
+        ax.set_axis_off()
+        cax = fig.add_axes(((x0 + img_w + 30) / fw, 10 / fh, 18 / fw, img_h / fh))
+        cb = fig.colorbar(im, cax=cax)
+        cb.solids.set_alpha(1.0)
+        cb.set_label(label)
+    fig.text(10 / fw, 1 - 12 / fh, title, ha="left", va="top", fontsize=12)
+    return _save(fig, path, dpi)
+
+
+def _squares_with_cells(grid: np.ndarray) -> tuple[int, float]:
+    """Squares with a share (finite) and their mean share (NaN when none)."""
+    grid = np.asarray(grid, dtype=np.float64)
+    k = int(np.isfinite(grid).sum())
+    return k, (float(np.nanmean(grid)) if k else float("nan"))
+
+
 def write_purity_png(path: str | Path, grid: np.ndarray, thumbnail: np.ndarray, extent: Sequence[float],
                      square_px: float | None = None, title: str | None = None, width_px: int = 1000,
                      cmap: str = "viridis", alpha: float = 0.6, dpi: int = 100) -> Path:
@@ -490,42 +564,30 @@ def write_purity_png(path: str | Path, grid: np.ndarray, thumbnail: np.ndarray, 
     The PNG is ``width_px`` wide and ``img_h + 60`` px high, where the map is
     ``width_px - 160`` px wide (at most 1600 px high) at the thumbnail's aspect ratio.
     """
-    from matplotlib.figure import Figure
-
-    thumb = _rgb_image(thumbnail)
-    grid = np.asarray(grid, dtype=np.float64)
-    left, right, bottom, top = (float(v) for v in extent)
-    aspect = abs(bottom - top) / max(abs(right - left), 1e-9)
-    img_w = max(40, int(width_px) - 160)
-    img_h = max(1, round(img_w * aspect))
-    if img_h > 1600:
-        img_h = 1600
-        img_w = max(1, round(img_h / aspect))
-    fw, fh = max(int(width_px), img_w + 160), img_h + 60
-    fig = Figure(figsize=(fw / dpi, fh / dpi), dpi=dpi)
-    ax = fig.add_axes((10 / fw, 10 / fh, img_w / fw, img_h / fh))
-    ax.imshow(thumb, extent=(left, right, bottom, top), interpolation="antialiased")
-    if square_px is None:
-        gext = (left, right, bottom, top)
-    else:
-        sx = math.copysign(square_px, right - left)
-        sy = math.copysign(square_px, bottom - top)
-        gext = (left, left + grid.shape[1] * sx, top + grid.shape[0] * sy, top)
-    im = ax.imshow(np.ma.masked_invalid(grid), extent=gext, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha,
-                   interpolation="nearest")
-    ax.set_xlim(left, right)
-    ax.set_ylim(bottom, top)
-    ax.set_axis_off()
-    cax = fig.add_axes(((img_w + 30) / fw, 10 / fh, 18 / fw, img_h / fh))
-    cb = fig.colorbar(im, cax=cax)
-    cb.solids.set_alpha(1.0)
-    cb.set_label("tumour purity TC / (TC + BC)")
     if title is None:
-        k = int(np.isfinite(grid).sum())
-        mean = float(np.nanmean(grid)) if k else float("nan")
+        k, mean = _squares_with_cells(grid)
         title = f"Tumour purity per square: {k} squares with cells, mean {mean:.2f}" if k else "Tumour purity: no cells"
-    fig.text(10 / fw, 1 - 12 / fh, title, ha="left", va="top", fontsize=12)
-    return _save(fig, path, dpi)
+    return _write_grid_png(path, thumbnail, extent, [(grid, "tumour purity TC / (TC + BC)")], square_px, title,
+                           width_px, cmap, alpha, dpi)
+
+
+def write_grades_png(path: str | Path, thumbnail: np.ndarray, extent: Sequence[float],
+                     grids: Sequence[tuple[np.ndarray, str]], square_px: float | None = None, title: str | None = None,
+                     width_px: int = 2000, cmap: str = "magma", alpha: float = 0.6, dpi: int = 100) -> Path:
+    """Grade shares per square over the slide ``thumbnail``, side by side, as a PNG (``grades.png``).
+
+    ``grids``: ``(grid, label)`` pairs, e.g. the share of G3 and of G2+G3 among the tumour nuclei
+    per square (:func:`share_grid` with ``positive`` = grade 3, resp. grade >= 2, and ``counted`` =
+    grade > 0); each is drawn with a colour bar from 0 to 1 labelled ``label``. ``extent``,
+    ``square_px``: as in :func:`write_purity_png`. Each panel is ``width_px // len(grids)`` wide
+    (a map 160 px narrower plus its colour bar); the PNG is ``width_px`` wide and ``img_h + 60`` high.
+    """
+    if not grids:
+        raise ValueError("write_grades_png: no grids to draw")
+    if title is None:
+        k, _ = _squares_with_cells(grids[0][0])
+        title = f"Nuclear grade per square: {k} squares with tumour nuclei" if k else "Nuclear grade: no tumour nuclei"
+    return _write_grid_png(path, thumbnail, extent, grids, square_px, title, width_px, cmap, alpha, dpi)
 
 
 def write_overlay_png(path: str | Path, thumbnail: np.ndarray, thumb_scale: float, x: Any, y: Any, cls: Any,

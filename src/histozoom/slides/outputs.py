@@ -24,16 +24,15 @@ import numpy as np
 
 from ..atomic import atomic_open, atomic_path, write_json
 from ..reports.geojson import DEFAULT_COLORS
-from .tiling import mask_index
+from .job import in_region, parts
 
 if TYPE_CHECKING:
+    from .job import Region, SlideOptions
     from .reader import Slide
-    from .runner import SlideOptions, SlidePredictor, _Region
+    from .runner import SlidePredictor
     from .tissue_map import TissueMap
 
-__all__ = ["finish_slide", "read_cells", "write_part", "write_slides_table"]
-
-SLIDES_COLUMNS = ("slide", "status", "cells", "purity", "tissue_area_mm2", "seconds", "error")
+__all__ = ["finish_slide", "read_cells", "write_part"]
 
 CA_ID = 2
 """Tissue class id of the cancer area (OCELOT)."""
@@ -52,15 +51,11 @@ def write_part(path: Path, cols: dict[str, np.ndarray]) -> None:
         pq.write_table(table, tmp)
 
 
-def _parts(work: Path) -> list[Path]:
-    return sorted((work / "parts").glob("b*.parquet"))
-
-
 def _columns(work: Path) -> dict[str, np.ndarray]:
     """All parts' columns, concatenated in batch order (the compact per-cell columns only)."""
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(p) for p in _parts(work)]
+    tables = [pq.read_table(p) for p in parts(work)]
     if not tables:
         return {"tile": np.zeros(0, np.int32), "x": np.zeros(0), "y": np.zeros(0), "class_id": np.zeros(0, np.int16),
                 "probability": np.zeros(0, np.float32), "tissue_class": np.zeros(0, np.int16)}
@@ -68,18 +63,6 @@ def _columns(work: Path) -> dict[str, np.ndarray]:
 
     t = pa.concat_tables(tables)
     return {name: t.column(name).to_numpy() for name in t.column_names}
-
-
-def _in_region(region: _Region, x: np.ndarray, y: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Cells on the slide (level-0 ``size`` = (width, height)) and on the region's mask
-    (tissue ∩ ROI, thumbnail resolution): a tile reaches past the region's and the
-    slide's edge, and cells found there, on glass or outside the ROI are dropped."""
-    on_slide = (x >= 0) & (y >= 0) & (x <= size[0] - 1) & (y <= size[1] - 1)
-    h, w = region.mask.shape
-    c, r = mask_index(x + 0.5, region.thumb_scale, w), mask_index(y + 0.5, region.thumb_scale, h)
-    keep = np.zeros(len(x), bool)
-    keep[on_slide] = region.mask[r[on_slide], c[on_slide]]
-    return keep
 
 
 def drop_seam_duplicates(cols: dict[str, np.ndarray], min_distance: float) -> tuple[dict[str, np.ndarray], int]:
@@ -139,36 +122,46 @@ def _write_cells_table(out: Path, cols: dict, mpp: float, pred, formats) -> None
                 w.writerow([f"{v:.{digits[c]}f}" if c in digits else v for c, v in zip(table.column_names, row)])
 
 
-def _class_colors(classes) -> dict[int, tuple[int, int, int]]:
+def cancer_polygons(tmap: TissueMap | None, tissue_classes, thumb_mpp: float, tissue_mpp: float):
+    """The cancer area (tissue class :data:`CA_ID`) of a stitched tissue map as a shapely
+    MultiPolygon in the level-0 pixel-centre frame, at about half the thumbnail's µm/px;
+    ``None`` without a map or a CA class."""
+    from ..reports import slide_reports as rep
+
+    if tmap is None or tissue_classes is None or CA_ID not in tissue_classes.ids:
+        return None
+    ch = list(tissue_classes.ids).index(CA_ID)
+    factor = max(1, round(thumb_mpp * 0.5 / tissue_mpp))
+    ox, oy = tmap.origin  # pixel-edge frame; points are pixel centres (half a level-0 px apart)
+    return rep.mask_polygons(tmap.coarse_argmax(factor) == ch, origin=(ox - 0.5, oy - 0.5), scale=tmap.scale * factor)
+
+
+def class_colors(classes) -> dict[int, tuple[int, int, int]]:
+    """A colour per class id, in class-set order (:data:`DEFAULT_COLORS`)."""
     return {int(i): DEFAULT_COLORS[k % len(DEFAULT_COLORS)] for k, i in enumerate(classes.ids)}
 
 
-def finish_slide(sp: SlidePredictor, slide: Slide, region: _Region, work: Path, out: Path, options: SlideOptions,
-                 context: str, tmap: TissueMap | None, plan: dict, timing: dict, seconds: float) -> dict[str, Any]:
+def finish_slide(sp: SlidePredictor, slide: Slide, region: Region, work: Path, out: Path, options: SlideOptions,
+                 context: str, tmap: TissueMap | None, plan: dict, model_seconds: float, seconds: float) -> dict[str, Any]:
     """Merge the parts into the slide's outputs and write ``summary.json`` last."""
     from .. import __version__
     from ..reports import slide_reports as rep
 
     pred = sp.predictor
     cols = _columns(work)
-    cols = {k: v[_in_region(region, cols["x"], cols["y"], slide.dimensions)] for k, v in cols.items()}
+    cols = {k: v[in_region(region, cols["x"], cols["y"], slide.dimensions)] for k, v in cols.items()}
     spacing = pred.peak_cfg.min_distance_px(sp.settings.cell_mpp) * sp.settings.cell_mpp / slide.mpp
     cols, n_dup = drop_seam_duplicates(cols, spacing)
     out.mkdir(parents=True, exist_ok=True)
     _write_cells_table(out, cols, slide.mpp, pred, options.formats)
-    cancer = None
-    if tmap is not None and pred.spec.tissue_classes is not None and CA_ID in pred.spec.tissue_classes.ids:
-        ch = list(pred.spec.tissue_classes.ids).index(CA_ID)
-        factor = max(1, round(region.thumb_mpp * 0.5 / sp.settings.tissue_mpp))  # polygons at ~half the thumbnail's µm/px
-        ox, oy = tmap.origin  # pixel-edge frame; cells are pixel centres (half a level-0 px apart)
-        cancer = rep.mask_polygons(tmap.coarse_argmax(factor) == ch, origin=(ox - 0.5, oy - 0.5), scale=tmap.scale * factor)
-    colors = _class_colors(pred.classes)
+    cancer = cancer_polygons(tmap, pred.spec.tissue_classes, region.thumb_mpp, sp.settings.tissue_mpp)
+    colors = class_colors(pred.classes)
     if "geojson" in options.formats:
         with rep.GeoJSONPointWriter(out / "cells.geojson", pred.classes, colors) as gj:
             gj.write_cells(cols["x"], cols["y"], cols["class_id"], cols["probability"])
             if cancer is not None and not cancer.is_empty:
                 gj.write_annotation(cancer, "Tumor", (200, 0, 0))
-    tissue_mm2 = float(region.mask.sum()) * (region.thumb_mpp / 1000) ** 2
+    tissue_mm2 = region.tissue_mm2
     purity = rep.purity_summary(cols["class_id"], cols["tissue_class"])
     warnings = []
     if not region.mask.any():
@@ -186,7 +179,7 @@ def finish_slide(sp: SlidePredictor, slide: Slide, region: _Region, work: Path, 
         "level0_size": list(slide.dimensions), "tissue_area_mm2": round(tissue_mm2, 4),
         "tiles": len(region.tiles), "context": context, "cells": int(len(cols["x"])), "seam_duplicates_dropped": n_dup,
         "cells_per_class": {name: int(np.sum(cols["class_id"] == i)) for name, i in zip(pred.classes.names, pred.classes.ids)},
-        "purity": purity, "seconds": round(seconds, 2), "model_seconds": round(timing["model_s"], 2),
+        "purity": purity, "seconds": round(seconds, 2), "model_seconds": round(model_seconds, 2),
         "checkpoint": sp.checkpoint, "settings": sp.settings.to_dict(), "histozoom_version": __version__,
         "outputs": sorted(p.name for p in out.iterdir() if p.is_file()) + ["summary.json"],
         "warnings": warnings, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "plan": plan,
@@ -194,15 +187,3 @@ def finish_slide(sp: SlidePredictor, slide: Slide, region: _Region, work: Path, 
     }
     write_json(out / "summary.json", summary)
     return summary
-
-
-def write_slides_table(path: Path, summaries: list[dict]) -> None:
-    """``slides.csv``: one row per slide (:data:`SLIDES_COLUMNS`), atomically."""
-    with atomic_open(path, newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(SLIDES_COLUMNS)
-        for s in summaries:
-            purity = (s.get("purity") or {}).get("overall")
-            w.writerow([s.get("name", s.get("slide")), s.get("status"), s.get("cells", ""),
-                        "" if purity is None else f"{purity:.4f}", s.get("tissue_area_mm2", ""),
-                        s.get("seconds", ""), s.get("error", "")])

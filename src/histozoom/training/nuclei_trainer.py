@@ -159,6 +159,7 @@ class NucleiTrainer(RunLoop):
 
     def extra(self, epoch: int, val: dict | None) -> dict:
         return {"classes": self.classes.to_dict(), "scheme": self.scheme.to_dict(),
+                "mpp": self.train_data.mpp, "size": self.cfg.crop,
                 "watershed": dataclasses.asdict(self.watershed), "epoch": epoch, "val": val, "train_config": self.cfg.to_dict()}
 
     # ------------------------------------------------------------------ the task
