@@ -112,3 +112,70 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path, svs, capsys):
     blocked.write_text("x")
     rc = main(["slide", "predict", "--checkpoint", str(ckpt), "--out", str(blocked), str(svs), "--no-progress"])
     assert rc == 2 and "file_not_folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- nuclei slide predict
+def _nuclei_ckpt(tmp_path, mpp=0.5):
+    import dataclasses
+
+    from histozoom.data.nuclei.records import CCRCC
+    from histozoom.inference.watershed import WatershedConfig
+
+    torch.manual_seed(0)
+    model = build_model("chrnet", n_classes=4, encoder_name="resnet18", hrfe_channels=(8, 16, 32),
+                        decoder_channels=(64, 32, 16, 16, 8), lunet_channels=(8, 16, 32),
+                        task_groups=tuple(m.groups for m in CCRCC.merges[:2]))
+    extra = {"classes": CCRCC.classes.to_dict(), "mpp": mpp, "size": 256,
+             "watershed": dataclasses.asdict(WatershedConfig())}
+    return save_pretrained(model, tmp_path / "chrnet", extra=extra)
+
+
+def test_real_svs_nuclei_grading_end_to_end(tmp_path, svs, capsys):
+    out = tmp_path / "out"
+    roi = _roi(tmp_path, Polygon([(600, 900), (1000, 900), (1000, 1200), (600, 1200)]))
+    rc = main(["nuclei", "slide", "predict", "--checkpoint", str(_nuclei_ckpt(tmp_path)), "--out", str(out), str(svs),
+               "--tissue-checkpoint", str(_ckpt(tmp_path)), "--roi", str(roi), "--tile", "256", "--margin", "32",
+               "--formats", "parquet,geojson,csv", "--grade-min-nuclei", "3", "--no-progress", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)["slides"][0]
+    assert summary["status"] == "done" and summary["mpp"] == pytest.approx(0.499) and summary["model_mpp"] == 0.5
+    assert summary["cancer_area"]["source"] == "tissue model" and summary["grading"]["slide_grade"]["rule"]["min_nuclei"] == 3
+    folder = out / "CMU-1-Small-Region"
+    for name in ("nuclei.parquet", "nuclei.csv", "nuclei.geojson", "summary.json", "grades.png"):
+        assert (folder / name).is_file(), name
+    from histozoom.data.nuclei.instance_table import read_table
+
+    cols = read_table(folder / "nuclei.parquet")
+    assert len(cols["x"]) == summary["nuclei"]
+    assert set(np.unique(cols["tissue_class"])) <= set(OCELOT_TISSUE_CLASSES.ids)
+    doc = json.loads((folder / "nuclei.geojson").read_text())
+    dets = [f for f in doc["features"] if f["properties"]["objectType"] == "detection"]
+    assert len(dets) == summary["nuclei"]
+    assert all(shape(f["geometry"]).is_valid and f["properties"]["classification"]["name"] for f in dets)
+    assert (out / "slides.csv").read_text().splitlines()[1].startswith("CMU-1-Small-Region,done,")
+
+
+def test_nuclei_and_cell_checkpoints_are_not_mixed_up(tmp_path, svs, capsys):
+    nuclei, cells = _nuclei_ckpt(tmp_path), _ckpt(tmp_path)
+    out = tmp_path / "out"
+
+    def run(*args):
+        rc = main([*args, "--out", str(out), str(svs), "--no-progress"])
+        return rc, capsys.readouterr().err.strip().splitlines()[-1]
+
+    rc, err = run("slide", "predict", "--checkpoint", str(nuclei))
+    assert rc == 2 and "chrnet" in err and "nuclei (CHR-Net) model" in err and "nuclei slide predict" in err
+    rc, err = run("nuclei", "slide", "predict", "--checkpoint", str(cells))
+    assert rc == 2 and "pred-to-inter-2" in err and "OCELOT cell–tissue model" in err and "histozoom slide predict" in err
+    rc, err = run("nuclei", "slide", "predict", "--checkpoint", str(nuclei), "--tissue-checkpoint", str(nuclei))
+    assert rc == 2 and "nuclei (CHR-Net) model" in err and "tissue branch" in err
+    only = _ckpt(tmp_path, "cell-only")
+    rc, err = run("nuclei", "slide", "predict", "--checkpoint", str(nuclei), "--tissue-checkpoint", str(only))
+    assert rc == 2 and "cell-only" in err and "has no tissue branch" in err
+    shared = save_pretrained(build_model("feature-sharing", sharing=("both", "both", "both"), encoder_name="resnet18",
+                                         decoder_channels=16), tmp_path / "fs", extra=json.loads(
+        (cells / "config.json").read_text())["extra"])
+    rc, err = run("nuclei", "slide", "predict", "--checkpoint", str(nuclei), "--tissue-checkpoint", str(shared))
+    assert rc == 2 and "needs the cell branch" in err
+    rc, err = run("nuclei", "slide", "predict", "--checkpoint", str(_nuclei_ckpt(tmp_path / "fine", mpp=0.2)))
+    assert rc == 2 and "--allow-upsample" in err

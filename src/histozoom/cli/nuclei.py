@@ -3,6 +3,7 @@
 Examples::
 
     histozoom nuclei synth TILES --n 100
+    histozoom nuclei synth slide S.tiff --width-mm 1 --height-mm 1 --seed 0
     histozoom nuclei train --data TILES --model chrnet --out RUN --epochs 50
     histozoom nuclei predict --checkpoint RUN --input TILES --split test --out PRED
     histozoom nuclei evaluate --pred PRED_DIR --gt GT_DIR
@@ -31,6 +32,7 @@ from ._common import (
     MAX_SYNTH,
     MAX_WORKERS,
     key_value,
+    mpp,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -67,8 +69,11 @@ def _register_evaluate(nsub: argparse._SubParsersAction) -> None:
             "as the mean over images (HoVer-Net convention) and pooled over the dataset."
         ),
     )
-    p.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label files (.mat)")
-    p.add_argument("--gt", required=True, metavar="DIR", help="folder of ground-truth label files (.mat) of the same names")
+    p.add_argument("--pred", required=True, metavar="DIR",
+                   help="folder of predicted label files (.mat), or a slide's output (OUT/<slide>/ or its nuclei.parquet)")
+    p.add_argument("--gt", required=True, metavar="DIR",
+                   help="folder of ground-truth label files (.mat) of the same names; for a slide, its ground truth "
+                        "(OUT.nuclei.parquet, or the synthetic OUT.tiff next to it)")
     p.add_argument("--classes", metavar="FILE",
                    help="class names file (a list of names, {id: name}, or {'classes': ...}; JSON or YAML) or 'consep'; "
                         "fixes the scored classes. Default: every class id found in the data, named by its id")
@@ -81,12 +86,39 @@ def _register_evaluate(nsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_evaluate)
 
 
+def _is_slide_output(path: str) -> bool:
+    from pathlib import Path
+
+    p = Path(path)
+    return p.suffix == ".parquet" or (p / "nuclei.parquet").is_file()
+
+
+def _run_slide_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..atomic import write_json
+    from ..evaluation.slide_nuclei import evaluate_slide_nuclei
+
+    scores = evaluate_slide_nuclei(args.pred, args.gt, match_iou=args.match_iou)
+    if args.out:
+        path = Path(args.out) / "scores.json"
+        write_json(path, scores.to_dict())
+        _log("evaluate", f"wrote {path}")
+    if args.json:
+        print_json(scores.to_dict())
+    else:
+        print(scores.table())
+    return 0
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from ..atomic import check_output
     from ..evaluation.nuclei import evaluate_nuclei
 
     if args.out:
         check_output(args.out, "folder")  # before the scoring
+    if _is_slide_output(args.pred):
+        return _run_slide_evaluate(args)
     ev = evaluate_nuclei(args.pred, args.gt, classes=args.classes, match_iou=args.match_iou, missing=args.missing)
     if args.out:
         for path in ev.write(args.out):
@@ -101,14 +133,50 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 # ====================================================================== synth
+MAX_NUCLEI_SLIDE_MM = 20.0  # histozoom.data.nuclei.synthetic_slide.MAX_SIDE_MM (not imported: register must stay cheap)
+
+
 def _register_synth(nsub: argparse._SubParsersAction) -> None:
-    p = nsub.add_parser("synth", help="write a synthetic ccRCC grading set (ISUP nucleoli rule; train/val/test 70/10/20)")
+    from .synth import SLIDE_MODE, _route_first_argument
+
+    p = nsub.add_parser(
+        "synth", help="write a synthetic ccRCC grading set (ISUP nucleoli rule; train/val/test 70/10/20)",
+        description=("Write synthetic ccRCC nuclei grading tiles (ISUP nucleoli rule) in the plain folder layout, "
+                     f"split train/val/test 70/10/20. '... nuclei synth {SLIDE_MODE} OUT.tiff ...' writes a synthetic "
+                     f"whole slide with ground-truth nuclei instead (see '... nuclei synth {SLIDE_MODE} --help')."),
+    )
     p.add_argument("out", metavar="OUT", help="output folder (plain layout with classes.json)")
     p.add_argument("--n", type=positive_int(MAX_SYNTH), default=100, help="number of tiles (default %(default)s)")
     p.add_argument("--size", type=positive_int(MAX_SIDE), default=256, help="tile side in px at 0.25 um/px (default %(default)s)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run_synth)
+    _route_first_argument(p, SLIDE_MODE, _synth_slide_parser(p.prog))
+
+
+def _synth_slide_parser(prog: str) -> argparse.ArgumentParser:
+    from .synth import SLIDE_MODE
+
+    p = argparse.ArgumentParser(
+        prog=f"{prog} {SLIDE_MODE}",
+        description=("Write a synthetic ccRCC whole-slide image drawn with the grading tiles' nucleus model: cancer "
+                     "regions (clear-cell tumour, G1/G2/G3 and endothelial nuclei, high-grade foci) and stroma "
+                     "(sparse endothelial nuclei). Outputs: OUT.tiff (pyramidal TIFF that OpenSlide reads, with "
+                     "the mpp), OUT.nuclei.parquet (one row per visible nucleus with its exact level-0 mask, class "
+                     "1 G1, 2 G2, 3 G3, 4 endothelial, tissue 1 stroma, 2 cancer), OUT.nuclei.geojson (QuPath), "
+                     "OUT.regions.png (tissue labels on the region grid) and OUT.slide.json (summary)."),
+    )
+    p.add_argument("out", metavar="OUT.tiff", help="output slide (.tif, .tiff or .svs); the ground truth goes next to it")
+    p.add_argument("--width-mm", type=positive_float(MAX_NUCLEI_SLIDE_MM), default=1.0, metavar="MM",
+                   help="slide width in mm (default %(default)s)")
+    p.add_argument("--height-mm", type=positive_float(MAX_NUCLEI_SLIDE_MM), default=1.0, metavar="MM",
+                   help="slide height in mm (default %(default)s)")
+    p.add_argument("--mpp", type=mpp, default=0.25, metavar="UM", help="level-0 µm/px, 0.1-1 (default %(default)s)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=_run_synth_slide)
+    return p
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -117,6 +185,25 @@ def _run_synth(args: argparse.Namespace) -> int:
     root = write_synthetic_nuclei(args.out, args.n, args.seed, NucleiSynthConfig(size=args.size),
                                   overwrite=args.overwrite)
     _log("synth", f"wrote {args.n} tiles to {root}")
+    return 0
+
+
+def _run_synth_slide(args: argparse.Namespace) -> int:
+    import time
+
+    from ..data.nuclei.synthetic_slide import NucleiSlideSynthConfig, write_synthetic_nuclei_slide
+
+    cfg = NucleiSlideSynthConfig(width_mm=args.width_mm, height_mm=args.height_mm, mpp=args.mpp, seed=args.seed)
+    t0 = time.perf_counter()
+    summary = write_synthetic_nuclei_slide(args.out, cfg, overwrite=args.overwrite)
+    seconds = time.perf_counter() - t0
+    if args.json:
+        print_json({"out": str(args.out), "seconds": seconds, **summary})
+        return 0
+    counts = ", ".join(f"{k} {v}" for k, v in summary["nuclei_per_class"].items())
+    print(f"wrote {summary['width_px']}x{summary['height_px']} px nuclei slide ({summary['width_mm']:g} x "
+          f"{summary['height_mm']:g} mm at {cfg.mpp:g} µm/px, {len(summary['levels'])} levels) to {args.out} in "
+          f"{seconds:.1f} s: {summary['n_nuclei']} nuclei ({counts}), cancer {summary['cancer_fraction']:.2f}")
     return 0
 
 
@@ -276,12 +363,52 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ====================================================================== slide predict
+def _register_slide(nsub: argparse._SubParsersAction) -> None:
+    from .slide import add_slide_arguments
+
+    p = nsub.add_parser("slide", help="whole-slide nuclei grading (CHR-Net inside the cancer area)")
+    ssub = p.add_subparsers(dest="nuclei_slide_command", required=True, metavar="SLIDE_COMMAND")
+    q = ssub.add_parser(
+        "predict", help="segment and grade every nucleus of whole slides",
+        description=("Nuclei instances and grades over whole slides, at the checkpoint's µm/px (400x); with "
+                     "--tissue-checkpoint (an OCELOT model with a tissue branch) the cancer area comes from its "
+                     "tissue branch and grading statistics are given inside it. Per slide OUT/<stem>/ gets "
+                     "nuclei.parquet, nuclei.geojson (QuPath), nuclei.csv on request, summary.json (grade shares, "
+                     "the slide grade by the highest grade in N nuclei of one high-power field) and grades.png. "
+                     "A run started again resumes."))
+    add_slide_arguments(q, "nucleus")
+    q.add_argument("--tissue-checkpoint", metavar="RUN2", help="OCELOT checkpoint whose tissue branch finds the cancer area")
+    q.add_argument("--tile", type=positive_int(MAX_SIDE), metavar="PX", help="tile side in px (default 512)")
+    q.add_argument("--margin", type=nonnegative_int(MAX_SIDE), metavar="PX",
+                   help="px of each tile's border owned by its neighbours (default 64; tiles overlap by twice this)")
+    q.add_argument("--grade-min-nuclei", type=positive_int(MAX_COUNT), default=10, metavar="N",
+                   help="nuclei of a grade one high-power field needs for the slide grade (default %(default)s)")
+    q.add_argument("--hpf-mm2", type=positive_float(100.0), default=0.237, metavar="A",
+                   help="area of one high-power field in mm² (default %(default)s)")
+    q.set_defaults(func=_run_slide)
+
+
+def _run_slide(args: argparse.Namespace) -> int:
+    from ..atomic import check_output
+    from ..evaluation.grading import GradingRule
+    from ..slides.nuclei import NucleiSlidePredictor
+    from .slide import run_slides, slide_options
+
+    check_output(args.out, "folder")
+    rule = GradingRule(field_mm2=args.hpf_mm2, min_nuclei=args.grade_min_nuclei)
+    sp = NucleiSlidePredictor.from_checkpoint(args.checkpoint, tissue_checkpoint=args.tissue_checkpoint,
+                                              device=args.device, tile=args.tile, margin=args.margin, grading=rule)
+    return run_slides(sp, args, slide_options(args), "nuclei slide")
+
+
 # ====================================================================== registration
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_synth,
     _register_train,
     _register_predict,
     _register_evaluate,
+    _register_slide,
 ]
 """One function per sub-subcommand of ``histozoom nuclei``, called in this order."""
 

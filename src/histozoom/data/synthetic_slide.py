@@ -40,9 +40,10 @@ cells inside glands are removed, as in the paired data. Random texture is tied t
 256 px bins (nuclei) and tiles (noise), so the image and the cells do not depend on the
 strip size.
 
-Outputs of :func:`write_synthetic_slide` for ``OUT.tiff``: the pyramidal tiled TIFF
-(deflate with a horizontal predictor, 256 px tiles, one page per level, ×2 down to a longest
-side under 1024, an Aperio ImageDescription so that OpenSlide reports the mpp),
+Outputs of :func:`write_synthetic_slide` for ``OUT.tiff``: the pyramidal tiled TIFF of
+:func:`~histozoom.data.pyramid_tiff.write_pyramid_tiff` (deflate with a horizontal predictor,
+256 px tiles, one page per level, ×2 down to a longest side under 1024, an Aperio
+ImageDescription so that OpenSlide reports the mpp),
 ``OUT.cells.csv`` (``x,y,class,tissue``, rows sorted by ``y`` then ``x``), ``OUT.tissue.png``
 (uint8 labels on the tissue grid), ``OUT.glands.png`` (the gland pixels of that grid) and
 ``OUT.slide.json`` (the returned summary).
@@ -55,8 +56,6 @@ strip of uint8 RGB; the lower levels go through memory-mapped scratch files.
 from __future__ import annotations
 
 import math
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +64,7 @@ import numpy as np
 from ..atomic import atomic_open, atomic_path, check_output, write_json
 from ..constants import MPP_RANGE, OCELOT_ORGANS, PRESETS
 from ..errors import ConfigError, InputError
+from .pyramid_tiff import TILE, check_blocks, slide_stem, write_pyramid_tiff
 from .synthetic import (
     BC,
     BG,
@@ -92,19 +92,14 @@ from .synthetic import (
 
 __all__ = ["SlideSynthConfig", "slide_outputs", "tissue_index", "write_synthetic_slide"]
 
-TILE = 256
-"""TIFF tile side; also the bins that fix the random texture of nuclei and noise."""
 MAX_SIDE_MM = 50.0
 MAX_PIXELS = 2**31
 """Largest level-0 area in pixels (6 GiB of RGB)."""
 MAX_TISSUE_PIXELS = 2**27
 """Largest tissue-scale grid (its fields are held in memory, ~30 bytes per pixel)."""
 MIN_SIDE_PX = 16
-MIN_LEVEL_SIDE = 1024
-"""The pyramid stops at the first level whose longest side is under this."""
 DEFAULT_WINDOW_UM = 204.8
 """Cell-view side of the default ``context`` dataset: 1024 px × 0.2 µm/px."""
-IMAGE_SUFFIXES = (".tif", ".tiff", ".svs")
 FIBRE_PERIOD = 4096
 NUCLEUS_TEXTURE = 0.15  # chromatin texture, as in the paired cell views
 FINE_TEXTURE = 0.15  # amplitude of the fibre texture on the eosin density, as in the paired cell views
@@ -344,83 +339,6 @@ def _render_block(scene: _Scene, r0: int, r1: int, c0: int, c1: int) -> np.ndarr
     return out
 
 
-def _halve(a: np.ndarray) -> np.ndarray:
-    """2×2 block mean (rounded) of an ``(H, W, 3)`` uint8 image; odd sides repeat their last row/column."""
-    h, w = a.shape[:2]
-    a = np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge").astype(np.uint16)
-    s = a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]
-    return ((s + 2) // 4).astype(np.uint8)
-
-
-def _level0_tiles(scene: _Scene, strip_rows: int, block_cols: int, level1: np.ndarray | None) -> Iterator[np.ndarray]:
-    """Level-0 tiles in TIFF order, drawn strip by strip (blocks of ``block_cols``); each
-    strip's 2×2 reduction goes into ``level1``."""
-    w, h = scene.cfg.width_px, scene.cfg.height_px
-    for r0 in range(0, h, strip_rows):
-        r1 = min(r0 + strip_rows, h)
-        strip = np.empty((r1 - r0, w, 3), np.uint8)
-        for c0 in range(0, w, block_cols):
-            c1 = min(c0 + block_cols, w)
-            strip[:, c0:c1] = _render_block(scene, r0, r1, c0, c1)
-        if level1 is not None:
-            half = _halve(strip)
-            level1[r0 // 2:r0 // 2 + len(half)] = half
-        for y in range(0, r1 - r0, TILE):
-            for x in range(0, w, TILE):
-                yield strip[y:y + TILE, x:x + TILE]
-
-
-def _level_sizes(w: int, h: int) -> list[tuple[int, int]]:
-    sizes = [(w, h)]
-    while max(sizes[-1]) >= MIN_LEVEL_SIDE:
-        sizes.append((-(-sizes[-1][0] // 2), -(-sizes[-1][1] // 2)))
-    return sizes
-
-
-def _halve_into(src: np.ndarray, dst: np.ndarray, rows: int = 8 * TILE) -> None:
-    for r in range(0, src.shape[0], rows):
-        half = _halve(src[r:r + rows])
-        dst[r // 2:r // 2 + len(half)] = half
-
-
-def _description(cfg: SlideSynthConfig, size: tuple[int, int] | None = None) -> str:
-    """Aperio-style ImageDescription: OpenSlide's Aperio reader takes ``MPP`` and ``AppMag`` from it."""
-    w, h = cfg.width_px, cfg.height_px
-    head = f"Aperio Image Library histozoom\r\n{w}x{h} [0,0 {w}x{h}] ({TILE}x{TILE})"
-    if size is not None:
-        head += f" -> {size[0]}x{size[1]}"
-    return f"{head} Deflate/RGB|AppMag = {10.0 / cfg.mpp:g}|MPP = {float(cfg.mpp)!r}"
-
-
-def _write_tiff(path: Path, scene: _Scene, strip_rows: int, block_cols: int) -> list[tuple[int, int]]:
-    """The pyramid as successive tiled pages (what OpenSlide's Aperio reader expects);
-    levels below 0 go through memory-mapped scratch arrays next to ``path``."""
-    import tifffile
-
-    cfg = scene.cfg
-    sizes = _level_sizes(cfg.width_px, cfg.height_px)
-    bigtiff = 3 * sum(a * b for a, b in sizes) > 2**31
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch, \
-            tifffile.TiffWriter(path, bigtiff=bigtiff) as tif:
-        _write_levels(tif, scene, sizes, Path(scratch), strip_rows, block_cols)
-    return sizes
-
-
-def _write_levels(tif, scene: _Scene, sizes: list[tuple[int, int]], scratch: Path, strip_rows: int,
-                  block_cols: int) -> None:
-    cfg = scene.cfg
-    opts = {"tile": (TILE, TILE), "photometric": "rgb", "compression": "zlib", "compressionargs": {"level": 1}, "predictor": 2,
-            "metadata": None, "software": "histozoom"}
-    levels = [np.lib.format.open_memmap(scratch / f"level{k}.npy", mode="w+", dtype=np.uint8, shape=(hk, wk, 3))
-              for k, (wk, hk) in enumerate(sizes) if k]
-    tiles = _level0_tiles(scene, strip_rows, block_cols, levels[0] if levels else None)
-    tif.write(tiles, shape=(cfg.height_px, cfg.width_px, 3), dtype=np.uint8, description=_description(cfg), **opts)
-    for k, arr in enumerate(levels):
-        if k + 1 < len(levels):
-            _halve_into(arr, levels[k + 1])
-        tif.write(arr, subfiletype=1, description=_description(cfg, sizes[k + 1]), **opts)
-
-
 # ---------------------------------------------------------------------- ground truth
 def _purity(cls: np.ndarray) -> float | None:
     return float(np.mean(cls == TC)) if len(cls) else None
@@ -472,11 +390,8 @@ def slide_outputs(out_path: str | Path) -> dict[str, Path]:
     ``tissue`` (``OUT.tissue.png``: 1 = BG, 2 = CA on the tissue grid), ``glands``
     (``OUT.glands.png``: 1 where a gland's lumen or rim covers the tissue pixel, else 0)
     and ``summary`` (``OUT.slide.json``)."""
-    p = Path(out_path)
-    if p.suffix.lower() not in IMAGE_SUFFIXES:
-        raise InputError(p, f"the slide must be named *{' / *'.join(IMAGE_SUFFIXES)}")
-    base = p.with_suffix("")
-    return {"image": p, "cells": Path(f"{base}.cells.csv"), "tissue": Path(f"{base}.tissue.png"),
+    base = slide_stem(out_path)
+    return {"image": Path(out_path), "cells": Path(f"{base}.cells.csv"), "tissue": Path(f"{base}.tissue.png"),
             "glands": Path(f"{base}.glands.png"), "summary": Path(f"{base}.slide.json")}
 
 
@@ -494,12 +409,11 @@ def write_synthetic_slide(out_path: str | Path, cfg: SlideSynthConfig, *, overwr
         check_output(p)
         if p.exists() and not overwrite:
             raise InputError(p, "exists (use overwrite / --overwrite)")
-    for name, v in (("strip_rows", strip_rows), ("block_cols", block_cols)):
-        if not (isinstance(v, int) and v > 0 and v % TILE == 0):
-            raise ConfigError(f"write_synthetic_slide: {name} must be a positive multiple of {TILE}, got {v!r}")
+    check_blocks(strip_rows, block_cols, "write_synthetic_slide")
     scene = _build_scene(cfg)
-    with atomic_path(paths["image"]) as tmp:
-        sizes = _write_tiff(tmp, scene, strip_rows, block_cols)
+    sizes = write_pyramid_tiff(paths["image"], cfg.width_px, cfg.height_px, cfg.mpp,
+                               lambda r0, r1, c0, c1: _render_block(scene, r0, r1, c0, c1),
+                               strip_rows=strip_rows, block_cols=block_cols)
     _write_cells(paths["cells"], scene)
     _write_labels(paths["tissue"], np.where(scene.ca, CA, BG))
     _write_labels(paths["glands"], gland_mask(scene))

@@ -31,7 +31,7 @@ tile ``k`` with ``SeedSequence([seed, k])``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,16 +167,39 @@ class _Nucleus:
         return self.a * self.b / math.hypot(self.b * math.cos(psi), self.a * math.sin(psi))
 
 
-def _draw_nucleus(n: _Nucleus, size: int) -> tuple[tuple[slice, slice], np.ndarray] | None:
-    """Bounding-box slices and the boolean mask of a nucleus (pixel centres at integers)."""
+def _nucleus_box(n: _Nucleus) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the pixel box (end exclusive, not clipped) that holds the mask of ``n``."""
     amp = float(np.abs(n.irr[:2]).sum())
     k = n.a * (1 + amp) + 2
-    y0, y1 = max(int(math.floor(n.cy - k)), 0), min(int(math.ceil(n.cy + k)) + 1, size)
-    x0, x1 = max(int(math.floor(n.cx - k)), 0), min(int(math.ceil(n.cx + k)) + 1, size)
+    return int(math.floor(n.cy - k)), int(math.ceil(n.cy + k)) + 1, int(math.floor(n.cx - k)), int(math.ceil(n.cx + k)) + 1
+
+
+def _canvas_box(y0: int, y1: int, x0: int, x1: int, shape: tuple[int, int],
+                origin: tuple[int, int]) -> tuple[slice, slice] | None:
+    """The part of the box ``[y0, y1) × [x0, x1)`` on a canvas of ``shape`` whose pixel ``(0, 0)``
+    is pixel ``origin = (x, y)``, as canvas slices (``None`` when they do not meet)."""
+    ox, oy = origin
+    y0, y1, x0, x1 = max(y0, oy), min(y1, oy + shape[0]), max(x0, ox), min(x1, ox + shape[1])
     if y0 >= y1 or x0 >= x1:
         return None
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    dx, dy = xx - n.cx, yy - n.cy
+    return slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox)
+
+
+def _draw_nucleus(n: _Nucleus, shape: tuple[int, int], origin: tuple[int, int] = (0, 0),
+                  frame: tuple[int, int] = (0, 0)) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """Canvas slices and the boolean mask of a nucleus (pixel centres at integers).
+
+    The canvas of ``shape`` starts at pixel ``origin = (x, y)``; the outline is evaluated in
+    coordinates relative to ``frame = (x, y)`` (an integer point fixed per nucleus), so a
+    pixel's value does not depend on the canvas it is drawn on.
+    """
+    y0, y1, x0, x1 = _nucleus_box(n)
+    sl = _canvas_box(y0, y1, x0, x1, shape, origin)
+    if sl is None:
+        return None
+    (ys, xs), (ox, oy), (fx, fy) = sl, origin, frame
+    yy, xx = np.mgrid[ys.start + oy - fy:ys.stop + oy - fy, xs.start + ox - fx:xs.stop + ox - fx].astype(np.float32)
+    dx, dy = xx - (n.cx - fx), yy - (n.cy - fy)
     c, s = math.cos(n.theta), math.sin(n.theta)
     u, v = (dx * c + dy * s) / n.a, (-dx * s + dy * c) / n.b
     psi = np.arctan2(v, u)
@@ -184,7 +207,23 @@ def _draw_nucleus(n: _Nucleus, size: int) -> tuple[tuple[slice, slice], np.ndarr
     mask = u * u + v * v <= edge * edge
     if not mask.any():
         return None
-    return (slice(y0, y1), slice(x0, x1)), mask
+    return sl, mask
+
+
+def _paint_nuclei(nuclei: Sequence[_Nucleus], shape: tuple[int, int], origin: tuple[int, int] = (0, 0),
+                  frames: Sequence[tuple[int, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Instance map (``nuclei[k]`` painted as ``k + 1``, later nuclei win) and the number of
+    nuclei covering each pixel (uint8), on a canvas of ``shape`` starting at pixel ``origin``."""
+    inst = np.zeros(shape, np.int32)
+    cover = np.zeros(shape, np.uint8)
+    for i, n in enumerate(nuclei, start=1):
+        drawn = _draw_nucleus(n, shape, origin, (0, 0) if frames is None else frames[i - 1])
+        if drawn is None:
+            continue
+        sl, m = drawn
+        inst[sl][m] = i
+        cover[sl] += m.astype(np.uint8)
+    return inst, cover
 
 
 def _new_nucleus(cfg: NucleiSynthConfig, p: NucleusClassParams, rng: np.random.Generator) -> _Nucleus:
@@ -216,19 +255,32 @@ def _inside(n: _Nucleus, size: int) -> bool:
     return m <= n.cx <= size - 1 - m and m <= n.cy <= size - 1 - m
 
 
-def _place(cfg: NucleiSynthConfig, rng: np.random.Generator) -> list[_Nucleus]:
-    size = cfg.size
-    params = cfg.classes
-    w = np.array([p.weight for p in params], np.float64)
-    n_target = int(rng.integers(cfg.n_nuclei[0], cfg.n_nuclei[1] + 1))
-    picks = rng.choice(len(params), n_target, p=w / w.sum())
-    tumour = {cfg.scheme.classes.id(n) for n in ("G1", "G2", "G3") if n in cfg.scheme.classes.names}
-    placed: list[_Nucleus] = []
+def _tumour_ids(cfg: NucleiSynthConfig) -> set[int]:
+    """Class ids of the tumour nuclei (G1-G3) in the scheme."""
+    return {cfg.scheme.classes.id(n) for n in ("G1", "G2", "G3") if n in cfg.scheme.classes.names}
+
+
+def _endothelial_id(cfg: NucleiSynthConfig) -> int | None:
+    return cfg.scheme.classes.id("endothelial") if "endothelial" in cfg.scheme.classes.names else None
+
+
+def _place_nuclei(cfg: NucleiSynthConfig, rng: np.random.Generator, picks: Iterable[int], placed: list[_Nucleus],
+                  propose: Callable[[], tuple[float, float]], inside: Callable[[_Nucleus], bool],
+                  first: int = 0) -> None:
+    """Place one nucleus of each class-params index in ``picks``, appending to ``placed``.
+
+    A tumour nucleus touches an unpaired tumour nucleus of ``placed[first:]`` with
+    probability ``cfg.touching`` (12 tries), else it goes to the first of 150 positions from
+    ``propose()`` where ``inside`` holds and it keeps clear of every nucleus in ``placed``
+    (:func:`_free`); a nucleus with no such position is dropped. ``partner`` holds indices
+    into ``placed``.
+    """
+    tumour = _tumour_ids(cfg)
     for pi in picks:
-        n = _new_nucleus(cfg, params[pi], rng)
+        n = _new_nucleus(cfg, cfg.classes[pi], rng)
         done = False
         if n.cls in tumour and rng.random() < cfg.touching:
-            cand = [j for j, m in enumerate(placed) if m.cls in tumour and m.partner < 0]
+            cand = [j for j in range(first, len(placed)) if placed[j].cls in tumour and placed[j].partner < 0]
             if cand:
                 j = int(cand[rng.integers(len(cand))])
                 m = placed[j]
@@ -236,30 +288,49 @@ def _place(cfg: NucleiSynthConfig, rng: np.random.Generator) -> list[_Nucleus]:
                     phi = rng.uniform(0, 2 * math.pi)
                     d = (m.radius_towards(phi) + n.radius_towards(phi + math.pi)) * rng.uniform(0.8, 0.95)
                     n.cx, n.cy = m.cx + d * math.cos(phi), m.cy + d * math.sin(phi)
-                    if _inside(n, size) and _free(n, placed, skip=j):
+                    if inside(n) and _free(n, placed, skip=j):
                         n.partner, m.partner = j, len(placed)
                         done = True
                         break
         if not done:
             for _ in range(150):
-                n.cx, n.cy = rng.uniform(0, size - 1), rng.uniform(0, size - 1)
-                if _inside(n, size) and _free(n, placed):
+                n.cx, n.cy = propose()
+                if inside(n) and _free(n, placed):
                     done = True
                     break
         if done:
             placed.append(n)
+
+
+def _place(cfg: NucleiSynthConfig, rng: np.random.Generator) -> list[_Nucleus]:
+    size = cfg.size
+    w = np.array([p.weight for p in cfg.classes], np.float64)
+    n_target = int(rng.integers(cfg.n_nuclei[0], cfg.n_nuclei[1] + 1))
+    picks = rng.choice(len(cfg.classes), n_target, p=w / w.sum())
+    placed: list[_Nucleus] = []
+    _place_nuclei(cfg, rng, picks, placed, lambda: (rng.uniform(0, size - 1), rng.uniform(0, size - 1)),
+                  lambda n: _inside(n, size))
     return placed
 
 
-# ---------------------------------------------------------------------- rendering helpers
-def _soft_disk(shape: tuple[int, int], cx: float, cy: float, r: float) -> tuple[tuple[slice, slice], np.ndarray]:
-    """Coverage (0..1) of a disk with a one-pixel soft edge, on its bounding box."""
+# ---------------------------------------------------------------------- rendering (shared with the slides)
+# The pieces of the nucleus and background model, used by :func:`generate_sample` and by
+# :mod:`histozoom.data.nuclei.synthetic_slide`. Densities: hematoxylin ``hem`` and eosin
+# ``eos`` per pixel (float32), turned into RGB by :func:`_expose`. Canvases start at pixel
+# ``origin = (x, y)``; outlines are evaluated relative to ``frame = (x, y)``, an integer point
+# fixed per object, so that a pixel's value does not depend on the canvas it is drawn on.
+def _soft_disk(shape: tuple[int, int], cx: float, cy: float, r: float, origin: tuple[int, int] = (0, 0),
+               frame: tuple[int, int] = (0, 0)) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Coverage (0..1) of a disk with a one-pixel soft edge, on its bounding box (canvas slices;
+    empty where the disk misses the canvas)."""
     k = r + 2
-    y0, y1 = max(int(cy - k), 0), min(int(cy + k) + 2, shape[0])
-    x0, x1 = max(int(cx - k), 0), min(int(cx + k) + 2, shape[1])
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    d = np.hypot(xx - cx, yy - cy)
-    return (slice(y0, y1), slice(x0, x1)), np.clip(r - d + 0.5, 0.0, 1.0)
+    sl = _canvas_box(int(cy - k), int(cy + k) + 2, int(cx - k), int(cx + k) + 2, shape, origin)
+    if sl is None:
+        return (slice(0, 0), slice(0, 0)), np.zeros((0, 0), np.float32)
+    (ys, xs), (ox, oy), (fx, fy) = sl, origin, frame
+    yy, xx = np.mgrid[ys.start + oy - fy:ys.stop + oy - fy, xs.start + ox - fx:xs.stop + ox - fx].astype(np.float32)
+    d = np.hypot(xx - (cx - fx), yy - (cy - fy))
+    return sl, np.clip(r - d + 0.5, 0.0, 1.0)
 
 
 def _segment_distance(xx: np.ndarray, yy: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
@@ -280,6 +351,96 @@ def _deep_point(mask: np.ndarray, min_depth: float, rng: np.random.Generator) ->
     return float(xs[k]), float(ys[k])
 
 
+def _hematoxylin(inst: np.ndarray, cover: np.ndarray, dark: np.ndarray, chrom: np.ndarray, grain: np.ndarray,
+                 chromatin: float) -> np.ndarray:
+    """Nuclei (``dark[inst]``, ``dark[0] = 0``) with chromatin texture (``chrom``: smooth, ``grain``:
+    white, both unit sd, relative sd ``chromatin``); pixels covered by two nuclei are darker."""
+    hem = dark[inst] * (1 + chromatin * chrom + 0.25 * chromatin * grain)
+    hem += 0.25 * (cover > 1)
+    return hem
+
+
+def _pick_nucleolus(n: _Nucleus, visible: np.ndarray, x0: int, y0: int, px: float,
+                    rng: np.random.Generator) -> tuple[float, float, float] | None:
+    """Nucleolus ``(x, y, r_px)`` of ``n`` placed deep enough in its ``visible`` pixels (a mask
+    whose pixel ``(0, 0)`` is ``(x0, y0)``); ``None`` when it has no room."""
+    r = rng.uniform(*n.p.nucleolus_um) * px
+    pt = _deep_point(visible, r + 4.0, rng)
+    if pt is None:
+        return None
+    return pt[0] + x0 + rng.uniform(-0.5, 0.5), pt[1] + y0 + rng.uniform(-0.5, 0.5), r
+
+
+def _stamp_nucleolus(hem: np.ndarray, eos: np.ndarray, inst: np.ndarray, i: int, x: float, y: float, r: float,
+                     od: float, origin: tuple[int, int] = (0, 0), frame: tuple[int, int] = (0, 0)) -> None:
+    """Add a nucleolus of density ``od`` at ``(x, y)`` (radius ``r`` px) where instance ``i`` shows."""
+    dsl, cov = _soft_disk(inst.shape, x, y, r, origin, frame)
+    cov = cov * (inst[dsl] == i)
+    hem[dsl] += 0.7 * od * cov
+    eos[dsl] += 1.5 * od * cov
+
+
+def _cytoplasm_level(rng: np.random.Generator) -> float:
+    """Eosin density of the clear cytoplasm (one value per tile or slide)."""
+    return 0.16 + 0.05 * rng.standard_normal()
+
+
+def _cytoplasm(level: float, coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
+    """Clear cytoplasm: ``level`` times a texture of unit-sd fields at 2 µm (``coarse``) and 0.5 µm (``fine``)."""
+    return level * np.clip(1 + 0.5 * coarse + 0.25 * fine, 0.1, None)
+
+
+def _voronoi_gap(seeds: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Distance to the second-nearest minus the nearest of ``seeds`` ``(n, 2)`` at ``points``
+    ``(m, 2)`` (``(x, y)`` px): near 0 on the Voronoi edges (cell membranes), float32."""
+    d, _ = cKDTree(seeds).query(points, k=2)
+    return (d[:, 1] - d[:, 0]).astype(np.float32)
+
+
+def _membrane(gap: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Eosin of the cell membranes at Voronoi ``gap`` (px), ``noise`` a unit-sd field (3 px)."""
+    return 0.6 * np.clip(np.exp(-((gap / 1.6) ** 2)) * (1 + 0.3 * noise), 0, None)
+
+
+def _capillary_params(n: _Nucleus, rng: np.random.Generator) -> tuple[float, np.integer]:
+    """Half-length (px) of the capillary wall along an endothelial nucleus and its side (±1)."""
+    return n.a + rng.uniform(0.8, 1.6) * n.a, rng.choice([-1, 1])
+
+
+def _capillary_ends(n: _Nucleus, ext: float, side: np.integer,
+                    frame: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """End points ``(x, y)`` (relative to ``frame``) of the capillary wall of ``n``: parallel to its
+    long axis, ``b + 1.5`` px to one ``side``."""
+    dvec = np.array([math.cos(n.theta), math.sin(n.theta)], np.float32)
+    c = np.array([n.cx - frame[0], n.cy - frame[1]], np.float32)
+    off = np.array([-dvec[1], dvec[0]], np.float32) * (n.b + 1.5) * side
+    return c - ext * dvec + off, c + ext * dvec + off
+
+
+def _capillary_wall(xx: np.ndarray, yy: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
+    """Eosin of a capillary wall (Gaussian profile, 2 px) along the segment ``p0``-``p1``."""
+    return 1.0 * np.exp(-((_segment_distance(xx, yy, p0, p1) / 2.0) ** 2))
+
+
+def _stain_vectors(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Jittered hematoxylin and eosin optical densities (RGB at density 1)."""
+    h_vec = _H_VEC * (1 + rng.normal(0, 0.05, 3)).astype(np.float32)
+    e_vec = _E_VEC * (1 + rng.normal(0, 0.08, 3)).astype(np.float32)
+    return h_vec, e_vec
+
+
+def _optics(hem: np.ndarray, eos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Optical blur (0.6 px) and the hematoxylin floor of the section."""
+    return ndimage.gaussian_filter(hem, 0.6) + 0.02, ndimage.gaussian_filter(eos, 0.6)
+
+
+def _expose(hem: np.ndarray, eos: np.ndarray, h_vec: np.ndarray, e_vec: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Beer-Lambert RGB (uint8) of the densities plus sensor ``noise`` (grey levels, ``(..., 3)``)."""
+    od = hem[..., None] * h_vec + eos[..., None] * e_vec
+    rgb = 250.0 * np.exp(-od) + noise
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
 # ---------------------------------------------------------------------- one tile
 def generate_sample(cfg: NucleiSynthConfig, rng: np.random.Generator, sample_id: str) -> NucleiSample:
     """Render one tile.
@@ -291,16 +452,7 @@ def generate_sample(cfg: NucleiSynthConfig, rng: np.random.Generator, sample_id:
     shape = (size, size)
     px = 1.0 / cfg.mpp
     nuclei = _place(cfg, rng)
-
-    inst = np.zeros(shape, np.int32)
-    cover = np.zeros(shape, np.uint8)
-    for i, n in enumerate(nuclei, start=1):
-        drawn = _draw_nucleus(n, size)
-        if drawn is None:
-            continue
-        sl, m = drawn
-        inst[sl][m] = i
-        cover[sl] += m.astype(np.uint8)
+    inst, cover = _paint_nuclei(nuclei, shape)
     present = np.unique(inst)
     present = present[present > 0]
     inst_class = {int(i): nuclei[i - 1].cls for i in present}
@@ -310,8 +462,7 @@ def generate_sample(cfg: NucleiSynthConfig, rng: np.random.Generator, sample_id:
     grain = rng.standard_normal(shape).astype(np.float32)
     dark = np.zeros(len(nuclei) + 1, np.float32)
     dark[1:] = [n.darkness for n in nuclei]
-    hem = dark[inst] * (1 + cfg.chromatin * chrom + 0.25 * cfg.chromatin * grain)
-    hem += 0.25 * (cover > 1)
+    hem = _hematoxylin(inst, cover, dark, chrom, grain, cfg.chromatin)
     eos = np.zeros(shape, np.float32)
 
     # ---- nucleoli (placed deep enough in the visible part of their nucleus)
@@ -321,52 +472,38 @@ def generate_sample(cfg: NucleiSynthConfig, rng: np.random.Generator, sample_id:
         n = nuclei[i - 1]
         if n.p.nucleolus_um is None:
             continue
-        r = rng.uniform(*n.p.nucleolus_um) * px
         sl = objs[i - 1]
-        pt = _deep_point(inst[sl] == i, r + 4.0, rng)
-        if pt is None:
+        spot = _pick_nucleolus(n, inst[sl] == i, sl[1].start, sl[0].start, px, rng)
+        if spot is None:
             continue
-        x, y = pt[0] + sl[1].start + rng.uniform(-0.5, 0.5), pt[1] + sl[0].start + rng.uniform(-0.5, 0.5)
-        dsl, cov = _soft_disk(shape, x, y, r)
-        cov = cov * (inst[dsl] == i)
-        hem[dsl] += 0.7 * n.p.nucleolus_od * cov
-        eos[dsl] += 1.5 * n.p.nucleolus_od * cov
+        x, y, r = spot
+        _stamp_nucleolus(hem, eos, inst, i, x, y, r, n.p.nucleolus_od)
         nucleoli.append({"id": int(i), "class": int(n.cls), "x": float(x), "y": float(y), "r_px": float(r)})
 
     # ---- background: clear cytoplasm, cell membranes (Voronoi of tumour cells), capillaries
     fg = inst > 0
     near_fg = ndimage.binary_dilation(fg, iterations=1)
-    eos += (0.16 + 0.05 * rng.standard_normal()) * np.clip(
-        1 + 0.5 * smooth_noise(rng, shape, 2.0 * px) + 0.25 * smooth_noise(rng, shape, 0.5 * px), 0.1, None
-    ) * ~fg
-    endo_id = cfg.scheme.classes.id("endothelial") if "endothelial" in cfg.scheme.classes.names else None
+    level = _cytoplasm_level(rng)
+    coarse = smooth_noise(rng, shape, 2.0 * px)
+    eos += _cytoplasm(level, coarse, smooth_noise(rng, shape, 0.5 * px)) * ~fg
+    endo_id = _endothelial_id(cfg)
     seeds = [(n.cx, n.cy) for n in nuclei if n.cls != endo_id]
     n_extra = int(rng.integers(3, 8))
     seeds += list(zip(rng.uniform(0, size, n_extra), rng.uniform(0, size, n_extra)))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     if len(seeds) >= 2:
-        d, _ = cKDTree(np.array(seeds)).query(np.column_stack([xx.ravel(), yy.ravel()]), k=2)
-        gap = (d[:, 1] - d[:, 0]).reshape(shape).astype(np.float32)
-        memb = np.exp(-((gap / 1.6) ** 2)) * (1 + 0.3 * smooth_noise(rng, shape, 3.0))
-        eos += 0.6 * np.clip(memb, 0, None) * ~near_fg
+        gap = _voronoi_gap(np.array(seeds), np.column_stack([xx.ravel(), yy.ravel()])).reshape(shape)
+        eos += _membrane(gap, smooth_noise(rng, shape, 3.0)) * ~near_fg
     for n in nuclei:
         if n.cls != endo_id:
             continue
-        ext = n.a + rng.uniform(0.8, 1.6) * n.a
-        dvec = np.array([math.cos(n.theta), math.sin(n.theta)], np.float32)
-        c = np.array([n.cx, n.cy], np.float32)
-        off = np.array([-dvec[1], dvec[0]], np.float32) * (n.b + 1.5) * rng.choice([-1, 1])
-        dist = _segment_distance(xx, yy, c - ext * dvec + off, c + ext * dvec + off)
-        eos += 1.0 * np.exp(-((dist / 2.0) ** 2)) * ~near_fg
+        p0, p1 = _capillary_ends(n, *_capillary_params(n, rng))
+        eos += _capillary_wall(xx, yy, p0, p1) * ~near_fg
 
     # ---- optics and colour
-    hem = ndimage.gaussian_filter(hem, 0.6) + 0.02
-    eos = ndimage.gaussian_filter(eos, 0.6)
-    h_vec = _H_VEC * (1 + rng.normal(0, 0.05, 3)).astype(np.float32)
-    e_vec = _E_VEC * (1 + rng.normal(0, 0.08, 3)).astype(np.float32)
-    od = hem[..., None] * h_vec + eos[..., None] * e_vec
-    rgb = 250.0 * np.exp(-od) + rng.normal(0, cfg.noise, od.shape).astype(np.float32)
-    image = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    hem, eos = _optics(hem, eos)
+    h_vec, e_vec = _stain_vectors(rng)
+    image = _expose(hem, eos, h_vec, e_vec, rng.normal(0, cfg.noise, (*shape, 3)).astype(np.float32))
 
     touching = sorted({tuple(sorted((i + 1, n.partner + 1))) for i, n in enumerate(nuclei) if n.partner >= 0})
     touching = [list(t) for t in touching if t[0] in inst_class and t[1] in inst_class]
