@@ -55,6 +55,9 @@ def test_registry_copies_match_the_registry():
     for family in ("cell-tissue", "nuclei"):
         assert _static.MODEL_NAMES[family] == tuple(registry.list_models(family)), family
         assert _static.SIZE_MULTIPLES_TEXT[family] == registry.describe_size_multiples(family), family
+    from histozoom.inference import engines
+
+    assert (_static.ENGINES, _static.CPU_DEFAULT_ENGINE) == (engines.ENGINES, engines.CPU_DEFAULT)
 
 
 def test_constants_module_imports_nothing():

@@ -335,12 +335,19 @@ def test_cli_train_predict_evaluate(data64, tmp_path, capsys):
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["finished"] and (run / "best.ckpt" / "model.safetensors").is_file() and (run / "log.csv").is_file()
-    assert main(["predict", "--checkpoint", str(run), "--data", str(data64), "--split", "test", "--out", str(pj),
-                 "--no-progress", "--json"]) == 0
+    predict = ["predict", "--checkpoint", str(run), "--data", str(data64), "--split", "test", "--no-progress", "--json"]
+    assert main([*predict, "--out", str(pj), "--engine", "torch"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["size"] == 32  # the training size by default
+    assert info["size"] == 32 and info["engine"] == "torch"  # the training size by default
     read_challenge_json(pj, strict=True)
-    assert json.loads(pj.read_text()) == json.loads((run / "test_predictions.json").read_text())
+    trained = json.loads((run / "test_predictions.json").read_text())
+    assert json.loads(pj.read_text()) == trained  # the trainer's own test predictions, exactly
+    # the default engine on the CPU: the same points, probabilities within 1e-4
+    assert main([*predict, "--out", str(tmp_path / "auto.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] != "torch"
+    auto = json.loads((tmp_path / "auto.json").read_text())["points"]
+    assert [p["point"] for p in auto] == [p["point"] for p in trained["points"]]
+    np.testing.assert_allclose([p["probability"] for p in auto], [p["probability"] for p in trained["points"]], atol=1e-4)
     assert main(["evaluate", "--pred", str(pj), "--gt", str(data64), "--split", "test", "--json", "--bootstrap", "0"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert next(iter(rep["methods"].values()))["mF1"] == pytest.approx(summary["test"]["mF1"])

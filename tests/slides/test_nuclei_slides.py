@@ -139,6 +139,7 @@ def test_seam_overlaps_are_resolved_so_no_true_nucleus_is_matched_twice(tmp_path
     rows = instance_rows(gt)
     rows["class_id"] = np.array([gt_classes[int(i)] for i in rows["id"]])
     rows["tissue_class"] = np.full(len(rows["id"]), 2)
+    rows["x_um"], rows["y_um"] = rows["x"] * 0.25, rows["y"] * 0.25
     write_table(truth, rows)
 
     def matched_twice(out):
@@ -240,3 +241,24 @@ def test_resume_after_a_kill_gives_identical_output(tmp_path, monkeypatch, after
     for c in ("x", "y", "class_id", "area_px", "tile", "bbox_x0", "bbox_y0"):
         np.testing.assert_array_equal(got[c], ref[c], err_msg=c)
     assert list(got["mask"]) == list(ref["mask"])
+
+
+def test_synthetic_slide_chain_is_scored_by_nuclei_evaluate(tmp_path, capsys):
+    """``nuclei synth slide`` → slide prediction → ``nuclei evaluate`` on the slide output."""
+    from histozoom.cli import main
+
+    slide = tmp_path / "s.tiff"
+    assert main(["nuclei", "synth", "slide", str(slide), "--width-mm", "0.2", "--height-mm", "0.2", "--seed", "3"]) == 0
+    capsys.readouterr()
+    sp = NucleiSlidePredictor(_predictor(), NucleiSlideSettings(0.25, tile=256, margin=32), "blobs")
+    sp.predict_slide(slide, tmp_path / "out", OPTS)
+    assert main(["nuclei", "evaluate", "--pred", str(tmp_path / "out"), "--gt", str(slide), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    truth = read_table(tmp_path / "s.nuclei.parquet")
+    assert d["n_gt"] == len(truth["x"]) > 50 and d["n_pred"] == len(read_table(tmp_path / "out" / "nuclei.parquet")["x"])
+    assert d["pq"] > 0.3 and d["gt_matched_twice"] == 0 and d["pred_overlap_px"] == 0
+    assert set(d["pq_per_class"]) <= set(CCRCC_CLASSES.names)
+    true = d["grades"]["true"]["cancer_area"]
+    assert true["tumour_nuclei"] == int((np.isin(truth["class_id"], (1, 2, 3)) & (truth["tissue_class"] == 2)).sum())
+    assert sum(true["shares"].values()) == pytest.approx(1.0)
+    assert d["grades"]["slide_grade"]["true"] in (1, 2, 3, None)

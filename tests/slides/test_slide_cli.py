@@ -179,3 +179,33 @@ def test_nuclei_and_cell_checkpoints_are_not_mixed_up(tmp_path, svs, capsys):
     assert rc == 2 and "needs the cell branch" in err
     rc, err = run("nuclei", "slide", "predict", "--checkpoint", str(_nuclei_ckpt(tmp_path / "fine", mpp=0.2)))
     assert rc == 2 and "--allow-upsample" in err
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_engines_give_the_torch_detections_on_the_real_slide(tmp_path, svs, capsys, engine):
+    """Cells (shared tissue map: both entry points) and nuclei (with a tissue model) over
+    an ROI of CMU-1: the same detections with each engine as with PyTorch."""
+    from histozoom.data.nuclei.instance_table import read_table
+
+    pytest.importorskip(engine)
+    roi = _roi(tmp_path, Polygon([(600, 900), (1000, 900), (1000, 1200), (600, 1200)]))
+    cells, nuclei = _ckpt(tmp_path), _nuclei_ckpt(tmp_path)
+    got = {}
+    for e in ("torch", engine):
+        out = tmp_path / e
+        assert main(["slide", "predict", "--checkpoint", str(cells), "--out", str(out / "c"), str(svs), "--roi", str(roi),
+                     "--engine", e, "--no-images", "--no-progress", "--json"]) == 0
+        assert main(["nuclei", "slide", "predict", "--checkpoint", str(nuclei), "--tissue-checkpoint", str(cells),
+                     "--out", str(out / "n"), str(svs), "--roi", str(roi), "--tile", "256", "--margin", "32",
+                     "--engine", e, "--no-images", "--no-progress", "--json"]) == 0
+        capsys.readouterr()
+        got[e] = (read_cells(out / "c" / "CMU-1-Small-Region" / "cells.parquet"),
+                  read_table(out / "n" / "CMU-1-Small-Region" / "nuclei.parquet"))
+    (rc, rn), (ec, en) = got["torch"], got[engine]
+    assert len(rc["x"]) > 0 and len(rn["x"]) > 0
+    for c in ("x", "y", "class_id", "tissue_class"):
+        np.testing.assert_array_equal(ec[c], rc[c], err_msg=c)
+    np.testing.assert_allclose(ec["probability"], rc["probability"], atol=1e-4)
+    for c in ("x", "y", "class_id", "tissue_class", "bbox_x0", "bbox_y0"):
+        np.testing.assert_array_equal(en[c], rn[c], err_msg=c)
+    assert list(en["mask"]) == list(rn["mask"])

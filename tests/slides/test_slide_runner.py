@@ -225,6 +225,39 @@ def test_many_slides_skip_finished_and_errors(tmp_path):
     assert rows[0].startswith("slide,status,cells") and rows[1].startswith("a,done,") and rows[2].startswith("broken,error")
 
 
+def test_shards_partition_the_slides_and_their_union_is_one_run(tmp_path):
+    """Three shards into one folder give the outputs of one run, slides.csv included (the
+    last shard to finish writes the whole table); an error is kept in error.json."""
+    from PIL import Image
+
+    sp = _equivariant_predictor()
+    rng = np.random.default_rng(2)
+    names = ["a", "b", "c", "d", "e"]
+    for n in names:
+        Image.fromarray(rng.integers(40, 200, (150, 180, 3), dtype=np.uint8)).save(tmp_path / f"{n}.png")
+    (tmp_path / "f.svs").write_bytes(b"nope" * 10)
+    inputs = [tmp_path / f"{n}.png" for n in names] + [tmp_path / "f.svs"]
+    opts = SlideOptions(**{**OPTS.__dict__, "mpp": 0.2})
+    whole = predict_slides(sp, inputs, tmp_path / "one", opts, skip_errors=True)
+    ran = []
+    for i in range(3):
+        res = predict_slides(sp, inputs, tmp_path / "sharded", opts, skip_errors=True, shard=(i, 3))
+        ran += [r["name"] for r in res]
+        if i == 0:
+            assert "pending" in (tmp_path / "sharded" / "slides.csv").read_text()
+    assert sorted(ran) == sorted(names + ["f"]) and len(ran) == 6  # each slide in exactly one shard
+    for n in names:
+        a, b = (read_cells(tmp_path / d / n / "cells.parquet") for d in ("one", "sharded"))
+        for c in ("x", "y", "class_id", "probability"):
+            np.testing.assert_array_equal(a[c], b[c])
+    drop = lambda t: [",".join(r.split(",")[:3]) for r in t.splitlines()]  # noqa: E731 - seconds differ
+    assert drop((tmp_path / "one" / "slides.csv").read_text()) == drop((tmp_path / "sharded" / "slides.csv").read_text())
+    assert json.loads((tmp_path / "sharded" / "f" / "error.json").read_text())["status"] == "error"
+    assert [r["status"] for r in whole] == ["done"] * 5 + ["error"]
+    with pytest.raises(ValueError, match="shard"):
+        predict_slides(sp, inputs, tmp_path / "x", opts, shard=(3, 3))
+
+
 @pytest.mark.parametrize("name", ["pred-to-inter-2", "cell-only", "feature-sharing"])
 def test_no_duplicates_across_seams_for_real_models(tmp_path, name):
     """Same-class detections of different tiles closer than 1 µm would be one cell twice."""

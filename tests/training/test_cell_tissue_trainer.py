@@ -170,31 +170,39 @@ def test_mean_ci_matches_scipy():
     assert mean_ci(v, level=0.9)["half_width"] < ci["half_width"]
 
 
+def _fake_train(calls: list, cfg, run_dir, resume):
+    """A trainer stand-in: val prefers lr 1e-3 and dropout 0.3; test adds noise per seed;
+    pred-to-inter-2 is better; the search prefers exchanges in both directions."""
+    calls.append(run_dir)
+    val = 0.6 + (0.05 if cfg.lr == 1e-3 else 0) + (0.02 if cfg.cell_dropout == 0.3 else 0) \
+        + (0.1 if cfg.model == "pred-to-inter-2" else 0) + 0.01 * cfg.seed
+    if cfg.model == "feature-sharing":
+        val = 0.5 + 0.1 * cfg.model_overrides["sharing"].count("both") + 0.001 * cfg.epochs
+    test = val - 0.03 + 0.005 * cfg.seed
+    summary = {"finished": True, "best_epoch": 1, "val": {"mF1": val},
+               "test": {"mF1": test, "organs": {"kidney": test + 0.01, "bladder": test - 0.01},
+                        "organ_images": {"kidney": 3, "bladder": 2}}}
+    run_dir.mkdir(parents=True)
+    cfg.save(run_dir / "train_config.json")
+    (run_dir / "done.json").write_text(json.dumps(summary))
+    return summary
+
+
+FAKE_EXPERIMENT = ExperimentConfig(base=TrainConfig(data="D", epochs=27, progress=False), models=["cell-only", "pred-to-inter-2"],
+                                   seeds=3, lr_grid=[1e-4, 1e-3], cell_dropout_grid=[0.1, 0.3], cell_lr_ratios=[1.0],
+                                   search="halving", search_budget=9, search_eta=3)
+
+
 def test_experiment_aggregation_tables_and_resume(tmp_path):
     """The experiment logic with a fake trainer: grid selection on val, seeds, CIs,
     tables, skipping finished runs, the halving search's budget."""
     calls = []
 
     def fake_runner(cfg, run_dir, resume):
-        calls.append(run_dir)
-        # val prefers lr 1e-3 and dropout 0.3; test adds noise per seed; pred-to-inter-2 is better
-        val = 0.6 + (0.05 if cfg.lr == 1e-3 else 0) + (0.02 if cfg.cell_dropout == 0.3 else 0) \
-            + (0.1 if cfg.model == "pred-to-inter-2" else 0) + 0.01 * cfg.seed
-        if cfg.model == "feature-sharing":
-            val = 0.5 + 0.1 * cfg.model_overrides["sharing"].count("both") + 0.001 * cfg.epochs
-        test = val - 0.03 + 0.005 * cfg.seed
-        summary = {"finished": True, "best_epoch": 1, "val": {"mF1": val},
-                   "test": {"mF1": test, "organs": {"kidney": test + 0.01, "bladder": test - 0.01},
-                            "organ_images": {"kidney": 3, "bladder": 2}}}
-        run_dir.mkdir(parents=True)
-        cfg.save(run_dir / "train_config.json")
-        (run_dir / "done.json").write_text(json.dumps(summary))
-        return summary
+        return _fake_train(calls, cfg, run_dir, resume)
 
-    base = TrainConfig(data="D", epochs=27, progress=False)
-    cfg = ExperimentConfig(base=base, models=["cell-only", "pred-to-inter-2"], seeds=3, lr_grid=[1e-4, 1e-3],
-                           cell_dropout_grid=[0.1, 0.3], cell_lr_ratios=[1.0], search="halving", search_budget=9,
-                           search_eta=3)
+    cfg = FAKE_EXPERIMENT
+    base = cfg.base
     exp = Experiment(cfg, tmp_path / "exp", runner=fake_runner)
     res = exp.run_all()
     assert res["tune"]["cell-only"]["selected"] == {"lr": 1e-3, "cell_lr_ratio": 1.0, "cell_dropout": 0.3}
@@ -232,6 +240,32 @@ def test_experiment_aggregation_tables_and_resume(tmp_path):
         Experiment(ExperimentConfig(base=base.replace(epochs=5), models=["cell-only"], seeds=1, lr_grid=[1e-4],
                                     cell_dropout_grid=[0.1], cell_lr_ratios=[1.0]),
                    tmp_path / "exp", runner=fake_runner).run_all()
+
+
+def test_runs_trained_together_give_the_sequential_results(tmp_path):
+    """With ``parallel`` each stage's pending runs go out at once (the grid, then the extra
+    seeds, then each rung of the search) and the results equal the sequential runner's."""
+    calls, groups = [], []
+
+    def parallel(runs):
+        groups.append(len(runs))
+        return [_fake_train(calls, *r) for r in runs]
+
+    seq = Experiment(FAKE_EXPERIMENT, tmp_path / "seq", runner=lambda *a: _fake_train([], *a)).run_all()
+    par = Experiment(FAKE_EXPERIMENT, tmp_path / "par", runner=lambda *a: pytest.fail("trained one by one"),
+                     parallel=parallel).run_all()
+    assert groups == [2 * 4, 2 * 2, 9, 3, 1]
+    assert par["tables"] == seq["tables"] and par["search"]["best"]["sharing"] == seq["search"]["best"]["sharing"]
+    again = Experiment(FAKE_EXPERIMENT, tmp_path / "par", parallel=parallel).run_all()
+    assert groups == [2 * 4, 2 * 2, 9, 3, 1] and again["tables"] == seq["tables"]  # nothing left to train
+
+    def failing(runs):
+        return [RuntimeError("node lost") for _ in runs]
+
+    res = Experiment(ExperimentConfig(base=TrainConfig(data="D", epochs=2), models=["cell-only"], seeds=2, tune=False),
+                     tmp_path / "fail", parallel=failing).run_all(stages=("tune", "seeds"))
+    assert res["models"]["cell-only"]["runs"] == []
+    assert "node lost" in json.loads(next((tmp_path / "fail").rglob("failed.json")).read_text())["error"]
 
 
 def test_experiment_failed_run_is_recorded_and_skipped(tmp_path):

@@ -124,6 +124,17 @@ def size_pair(max_side: int = MAX_EVAL_SIDE) -> Callable[[str], tuple[int, int]]
 
 
 
+def add_engine_argument(p: argparse.ArgumentParser) -> None:
+    """``--engine auto|torch|onnxruntime|openvino`` (:mod:`histozoom.inference.engines`) and ``--compile``."""
+    from ._static import CPU_DEFAULT_ENGINE, ENGINES
+
+    p.add_argument("--engine", choices=("auto", *ENGINES), default="auto",
+                   help=f"what runs the network: auto (default: {CPU_DEFAULT_ENGINE} on the CPU, the fastest measured "
+                        f"here; torch on a GPU), {', '.join(ENGINES)}")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (torch engine; for GPUs: "
+                                                          "the first batches are slow, the rest faster)")
+
+
 def print_json(obj: Any) -> None:
     """Print exactly one strict JSON document on stdout (what ``--json`` promises); NaN
     (an undefined score) is written as ``null``."""

@@ -16,3 +16,7 @@ MODEL_NAMES: dict[str, tuple[str, ...]] = {
     "nuclei": ("chrnet", "chrnet-shr", "chrnet-mhr", "chrnet-mhr-udist", "chrnet-mhr-wdist", "unet-nuclei"),
 }
 SIZE_MULTIPLES_TEXT: dict[str, str] = {"cell-tissue": "16, or 32 for unet-cell-only", "nuclei": "32"}
+
+# histozoom.inference.engines: ENGINES, CPU_DEFAULT
+ENGINES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+CPU_DEFAULT_ENGINE = "openvino"

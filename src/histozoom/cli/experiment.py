@@ -12,6 +12,7 @@ Examples::
     # the feature-sharing search only, successive halving over 27 of the 64 configurations
     histozoom experiment --data OCELOT --out EXPS --stage search --search halving --search-budget 27
     histozoom experiment ... --dry-run --json      # list the runs that would be trained
+    histozoom experiment ... --ray auto --ray-gpus-per-run 1 --device cuda   # every stage's runs at once on a Ray cluster
 
 Every run is a training run folder under EXP (see ``histozoom train``); finished runs
 (``done.json``) are reused, unfinished ones resumed. Results: ``EXP/results.json`` and
@@ -33,6 +34,7 @@ from ._common import (
     MAX_WORKERS,
     bounded_int,
     key_value,
+    nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -79,6 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-workers", type=nonnegative_int(MAX_WORKERS))
     p.add_argument("--no-progress", action="store_true")
+    ray = p.add_argument_group("Ray (pip install 'histozoom[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="train each stage's runs at once as Ray tasks: no value starts a local Ray, 'auto' joins "
+                          "the running cluster, or give its address; EXP must be shared by the nodes")
+    ray.add_argument("--ray-cpus-per-run", type=positive_int(MAX_WORKERS), default=1, metavar="C",
+                     help="CPUs (and torch threads) of each training task (default 1)")
+    ray.add_argument("--ray-gpus-per-run", type=nonnegative_float(64), default=0.0, metavar="G",
+                     help="GPUs of each training task (default 0; 1 with --device cuda)")
     p.add_argument("--dry-run", action="store_true", help="list the runs still to train; train nothing")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.set_defaults(func=run)
@@ -99,7 +109,12 @@ def run(args: argparse.Namespace) -> int:
                            grid_seeds=args.grid_seeds, search=args.search, search_budget=args.search_budget,
                            search_eta=args.search_eta, search_seed=args.search_seed)
     log = lambda msg: print(f"[experiment] {msg}", file=sys.stderr)  # noqa: E731
-    results = run_experiment(cfg, args.out, stages=args.stage, dry_run=args.dry_run, log=log)
+    parallel = None
+    if args.ray:
+        from ..training.ray_runs import RayTraining, ray_parallel
+
+        parallel = ray_parallel(RayTraining(args.ray, args.ray_cpus_per_run, args.ray_gpus_per_run))
+    results = run_experiment(cfg, args.out, stages=args.stage, dry_run=args.dry_run, log=log, parallel=parallel)
     if args.json:
         print_json(results)
     elif args.dry_run:

@@ -31,6 +31,7 @@ from ._common import (
     MAX_SIDE,
     MAX_SYNTH,
     MAX_WORKERS,
+    add_engine_argument,
     key_value,
     mpp,
     nonnegative_float,
@@ -299,6 +300,7 @@ def _register_predict(nsub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated, from {','.join(OUTPUT_FORMATS)} (default %(default)s)")
     p.add_argument("--tta", action="store_true", help="average the maps over the 8 flips/rotations")
     p.add_argument("--device", default="cpu")
+    add_engine_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary (nuclei per image and class)")
     p.set_defaults(func=_run_predict)
@@ -335,7 +337,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     if bad:
         raise InputError(None, f"unknown --formats {bad}; choose from {list(OUTPUT_FORMATS)}")
     check_output(args.out, "folder")  # before the model runs
-    predictor = NucleiPredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta)
+    from ..inference.engines import resolve_engine
+
+    predictor = NucleiPredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta,
+                                                engine=resolve_engine(args.engine, args.device), compile=args.compile)
     items = _images(args.input, args.split)
     if not items:
         raise InputError(args.input, "no images found")
@@ -392,13 +397,15 @@ def _register_slide(nsub: argparse._SubParsersAction) -> None:
 def _run_slide(args: argparse.Namespace) -> int:
     from ..atomic import check_output
     from ..evaluation.grading import GradingRule
+    from ..inference.engines import resolve_engine
     from ..slides.nuclei import NucleiSlidePredictor
     from .slide import run_slides, slide_options
 
     check_output(args.out, "folder")
     rule = GradingRule(field_mm2=args.hpf_mm2, min_nuclei=args.grade_min_nuclei)
     sp = NucleiSlidePredictor.from_checkpoint(args.checkpoint, tissue_checkpoint=args.tissue_checkpoint,
-                                              device=args.device, tile=args.tile, margin=args.margin, grading=rule)
+                                              device=args.device, tile=args.tile, margin=args.margin, grading=rule,
+                                              engine=resolve_engine(args.engine, args.device), compile=args.compile)
     return run_slides(sp, args, slide_options(args), "nuclei slide")
 
 

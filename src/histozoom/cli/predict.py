@@ -26,6 +26,7 @@ from ._common import (
     MAX_SIDE,
     MAX_UM,
     MAX_WORKERS,
+    add_engine_argument,
     mpp,
     nonnegative_int,
     positive_float,
@@ -77,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-distance-um", type=positive_float(MAX_UM),
                    help="peak neighbourhood half-size in µm (default: the run's, 2.0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    add_engine_argument(p)
     p.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), default=4)
     p.add_argument("--num-workers", type=nonnegative_int(MAX_WORKERS), default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.open import open_dataset, pick_split
     from ..errors import InputError
     from ..inference.decode import PeakConfig
+    from ..inference.engines import resolve_engine
     from ..inference.predictor import Predictor, pair_from_images
     from ..training.loop import resolve_device
 
@@ -105,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     size = "train" if args.size is None else (None if args.size == "native" else args.size)
     try:  # Predictor asks the model whether --size fits it
         pred = Predictor.from_checkpoint(args.checkpoint, device=device, size=size, tta=args.tta,
-                                         batch_size=args.batch_size, num_workers=args.num_workers)
+                                         batch_size=args.batch_size, num_workers=args.num_workers,
+                                         engine=resolve_engine(args.engine, device), compile=args.compile)
     except InputError:
         raise
     except ValueError as e:
@@ -136,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         for c in pts.cls.tolist():
             per_class[result.classes.name(c)] += 1
     summary = {"images": len(result), "detections": sum(per_class.values()), "per_class": per_class,
-               "size": pred.size, "tta": len(pred.transforms) > 1, "outputs": written}
+               "size": pred.size, "tta": len(pred.transforms) > 1, "engine": pred.engine, "outputs": written}
     if args.json:
         print_json(summary)
     else:

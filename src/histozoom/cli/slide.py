@@ -20,7 +20,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import MAX_BATCH_SIZE, MAX_WORKERS, mpp, nonnegative_int, positive_int, print_json
+from ._common import (
+    MAX_BATCH_SIZE,
+    MAX_WORKERS,
+    add_engine_argument,
+    mpp,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    print_json,
+)
 
 FORMATS = ("parquet", "geojson", "csv")
 
@@ -31,6 +40,16 @@ def _formats(text: str) -> tuple[str, ...]:
     if bad or not items:
         raise argparse.ArgumentTypeError(f"formats are a comma-separated list of {', '.join(FORMATS)}; got {text!r}")
     return items
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (shard I of N, 0 <= I < N), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return i, n
 
 
 def add_slide_arguments(q: argparse.ArgumentParser, what: str) -> None:
@@ -47,7 +66,21 @@ def add_slide_arguments(q: argparse.ArgumentParser, what: str) -> None:
     q.add_argument("--workers", type=nonnegative_int(MAX_WORKERS), default=2, metavar="N",
                    help="threads reading tiles ahead of the model (default: 2; 0 reads in the main thread)")
     q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_engine_argument(q)
     q.add_argument("--skip-errors", action="store_true", help="go on past a broken slide; it is listed with its error")
+    ray = q.add_argument_group("Ray (pip install 'histozoom[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="run the tiles of all slides on Ray: no value starts a local Ray, 'auto' joins the running "
+                          "cluster, or give its address; the output folder must be shared by the nodes")
+    ray.add_argument("--ray-actors", type=positive_int(MAX_WORKERS), metavar="N",
+                     help="model actors (default: one per GPU with --ray-gpus-per-actor, else per CPU of the cluster)")
+    ray.add_argument("--ray-cpus-per-actor", type=positive_int(MAX_WORKERS), default=1, metavar="C",
+                     help="CPUs (and torch threads) of each model actor (default 1)")
+    ray.add_argument("--ray-gpus-per-actor", type=nonnegative_float(64), default=0.0, metavar="G",
+                     help="GPUs of each model actor (default 0; 1 with --device cuda, or 0.5 to share one)")
+    q.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="run only every N-th slide from the I-th (0 <= I < N), e.g. I=$SLURM_ARRAY_TASK_ID: "
+                        "N jobs with the same --out together run every slide once")
     q.add_argument("--formats", type=_formats, default=("parquet", "geojson"), metavar="LIST",
                    help=f"{what} outputs, comma-separated of parquet, geojson, csv (default: parquet,geojson)")
     q.add_argument("--no-images", action="store_true", help="skip the PNG figures")
@@ -69,7 +102,13 @@ def run_slides(sp, args: argparse.Namespace, options, tag: str) -> int:
     from ..slides.job import predict_slides
 
     log = None if args.json else (lambda msg: print(f"[{tag}] {msg}", file=sys.stderr))
-    results = predict_slides(sp, args.inputs, args.out, options, skip_errors=args.skip_errors, log=log)
+    ray = None
+    if args.ray:
+        from ..slides.ray_run import RayOptions
+
+        ray = RayOptions(args.ray, args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)
+    results = predict_slides(sp, args.inputs, args.out, options, skip_errors=args.skip_errors, log=log, shard=args.shard,
+                             ray=ray)
     if args.json:
         print_json({"slides": results})
     return 2 if any(r.get("status") == "error" for r in results) else 0
@@ -89,8 +128,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..atomic import check_output
+    from ..inference.engines import resolve_engine
     from ..slides.runner import SlidePredictor
 
     check_output(args.out, "folder")
-    sp = SlidePredictor.from_checkpoint(args.checkpoint, device=args.device)
+    sp = SlidePredictor.from_checkpoint(args.checkpoint, device=args.device, engine=resolve_engine(args.engine, args.device),
+                                        compile=args.compile)
     return run_slides(sp, args, slide_options(args, context="per-tile" if args.per_tile_context else "auto"), "slide")

@@ -14,7 +14,7 @@ come from overlapping boxes, and each pair's intersection from the two masks.
 * ``gt_matched_twice``: ground-truth nuclei with more than one prediction at
   ``IoU > match_iou`` (only possible when predictions overlap: a seam error);
   ``pred_overlap_px``: pixels claimed by two predictions.
-* **Grades**: the G1/G2/G3 shares among tumour nuclei inside the cancer area
+* **Grades**: the slide grade of each side by the same rule, and the G1/G2/G3 shares among tumour nuclei inside the cancer area
   (:func:`histozoom.evaluation.grading.grade_shares`; predictions: their tissue class when
   a tissue model ran, else all), predicted and true.
 """
@@ -35,7 +35,7 @@ from ..metrics.instances import PQCounts
 __all__ = ["SlideNucleiScores", "evaluate_slide_nuclei", "instance_overlaps", "slide_tables"]
 
 CA_ID = 2
-NEEDED = ("x", "y", "class_id", "tissue_class", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "mask")
+NEEDED = ("x", "y", "x_um", "y_um", "class_id", "tissue_class", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "mask")
 
 
 def slide_tables(pred: str | Path, gt: str | Path) -> tuple[Path, Path]:
@@ -142,6 +142,9 @@ class SlideNucleiScores:
             for side in ("predicted", "true"):
                 sh = (self.grades[side].get("cancer_area") or {}).get("shares") or {}
                 lines.append(f"  {side} grades in the cancer area: " + ", ".join(f"{k} {_fmt(v)}" for k, v in sh.items()))
+        if self.grades:
+            lines.append(f"  slide grade: predicted {self.grades['slide_grade']['predicted']}, "
+                         f"true {self.grades['slide_grade']['true']}")
         lines.append(f"  ground-truth nuclei matched twice: {self.gt_matched_twice}; "
                      f"pixels claimed by two predictions: {self.pred_overlap_px}")
         return "\n".join(lines + [f"  warning: {w}" for w in self.warnings])
@@ -163,11 +166,12 @@ def _read(path: Path) -> tuple[dict, float, Any]:
     return cols, mask_scale_of(path), lookup
 
 
-def evaluate_slide_nuclei(pred: str | Path, gt: str | Path, match_iou: float = 0.5) -> SlideNucleiScores:
-    """Score the predicted nuclei table of a slide against its ground truth (module docstring)."""
+def evaluate_slide_nuclei(pred: str | Path, gt: str | Path, match_iou: float = 0.5, rule=None) -> SlideNucleiScores:
+    """Score the predicted nuclei table of a slide against its ground truth (module docstring);
+    ``rule``: the :class:`~histozoom.evaluation.grading.GradingRule` of the slide grades compared."""
     from ..data.nuclei.records import CCRCC_CLASSES
     from ..pair import ClassSet
-    from .grading import grade_of, grade_shares
+    from .grading import grade_of, grade_shares, slide_grade
 
     if not 0.5 <= match_iou < 1:
         raise InputError(None, f"match_iou must be in [0.5, 1), got {match_iou}")
@@ -201,8 +205,10 @@ def evaluate_slide_nuclei(pred: str | Path, gt: str | Path, match_iou: float = 0
         p_inside = (p["tissue_class"] == CA_ID) if (p["tissue_class"] > 0).any() else np.ones(len(p["x"]), bool)
         if not (p["tissue_class"] > 0).any():
             warnings.append("the predictions have no tissue classes (no tissue model): all of them count as inside")
-        grades = {"predicted": grade_shares(grade_of(p["class_id"], scheme), p_inside),
-                  "true": grade_shares(grade_of(g["class_id"], scheme), g["tissue_class"] == CA_ID)}
+        pg, gg, g_inside = grade_of(p["class_id"], scheme), grade_of(g["class_id"], scheme), g["tissue_class"] == CA_ID
+        grades = {"predicted": grade_shares(pg, p_inside), "true": grade_shares(gg, g_inside),
+                  "slide_grade": {"predicted": slide_grade(p["x_um"], p["y_um"], pg, p_inside, rule)["grade"],
+                                  "true": slide_grade(g["x_um"], g["y_um"], gg, g_inside, rule)["grade"]}}
         ps = grades["predicted"]["cancer_area"]["shares"]
         ts = grades["true"]["cancer_area"]["shares"]
         grades["abs_difference"] = {k: None if ps[k] is None or ts[k] is None else abs(ps[k] - ts[k]) for k in ts}

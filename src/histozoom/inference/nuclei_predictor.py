@@ -45,6 +45,7 @@ from ..errors import InputError
 from ..models.checkpoint import from_pretrained, load_config, resolve_checkpoint
 from ..pair import ClassSet
 from ..reports.geojson import instances_to_geojson, write_geojson
+from .device import to_device
 from .tta import as_transforms, average
 from .watershed import (
     WatershedConfig,
@@ -145,9 +146,15 @@ class NucleiPredictor:
     """
 
     def __init__(self, model: torch.nn.Module, classes: ClassSet, watershed: WatershedConfig | None = None,
-                 device: str | torch.device = "cpu", tta: bool = False, amp: bool | None = None, keep_maps: bool = False):
+                 device: str | torch.device = "cpu", tta: bool = False, amp: bool | None = None, keep_maps: bool = False,
+                 engine: str = "torch", compile: bool = False):
+        from .device import maybe_compile
+        from .engines import engine_model
+
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.engine = engine
+        self.model = engine_model(model, engine).to(self.device).eval()
+        self.net = maybe_compile(self.model, bool(compile and engine == "torch"))  # what runs the forward
         self.multiple = int(getattr(model, "size_multiple", 1))
         self.classes = classes
         self.watershed = watershed or WatershedConfig()
@@ -174,7 +181,7 @@ class NucleiPredictor:
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (self.amp and self.device.type == "cuda") else nullcontext()
         with torch.no_grad(), ctx:
-            out = self.model(x)
+            out = self.net(to_device(x, self.device))
         maps = {"class_prob": torch.softmax(out["class_logits"].float(), dim=1)}
         if "binary_logits" in out:
             maps["foreground"] = torch.sigmoid(out["binary_logits"].float())[:, 0]

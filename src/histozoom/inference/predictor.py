@@ -282,7 +282,9 @@ class Predictor:
     size: each view is padded to the model's multiple); it must be a multiple of the
     model's ``size_multiple`` (``ValueError`` naming the model otherwise).
     ``peak_cfg``: decoding. ``tta``: average over the 8 flips/rotations (or give a list
-    of ``(flip, k)``). ``amp``: bf16 autocast (default: on CUDA).
+    of ``(flip, k)``). ``amp``: bf16 autocast (default: on CUDA). ``engine``: what runs
+    the network (:data:`~histozoom.inference.engines.ENGINES`; non-torch engines on the CPU);
+    ``compile``: ``torch.compile`` its forward (torch engine).
     """
 
     def __init__(
@@ -296,7 +298,12 @@ class Predictor:
         batch_size: int = 4,
         num_workers: int = 0,
         amp: bool | None = None,
+        engine: str = "torch",
+        compile: bool = False,
     ):
+        from .device import maybe_compile
+        from .engines import engine_model
+
         cell_m, tissue_m, both_m = input_multiples(model)
         if size is not None and (size < both_m or size % both_m):
             name = getattr(getattr(model, "config", None), "name", type(model).__name__)
@@ -304,7 +311,10 @@ class Predictor:
                              f"{name!r}), got {size}")
         self.multiples = (cell_m, tissue_m)
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.engine = engine
+        self.model = engine_model(model, engine).to(self.device)
+        self.compiled = bool(compile and engine == "torch")
+        self.net = maybe_compile(self.model, self.compiled)  # what runs the forward
         self.spec = spec or DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES)
         self.size = size
         self.peak_cfg = peak_cfg
@@ -355,7 +365,7 @@ class Predictor:
             cell = cell.contiguous(memory_format=torch.channels_last)
             tissue = tissue.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self.model(cell, tissue, batch["windows"], batch.get("tissue_mask"))
+            out = self.net(cell, tissue, batch["windows"], batch.get("tissue_mask"))
         return out["cell_logits"].float().softmax(dim=1)
 
     def _probabilities(self, items: list[dict]) -> list[torch.Tensor]:
@@ -382,7 +392,7 @@ class Predictor:
     def _run(self, pairs: Sequence[Pair] | PairSplit, progress: bool = False, desc: str = "predict"):
         ds = _PairViews(pairs, self.size, self.transforms, self.mask, self.multiples)
         loader = DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                            collate_fn=_as_list, persistent_workers=False)
+                            collate_fn=_as_list, persistent_workers=False, pin_memory=self.device.type == "cuda")
         was_training = self.model.training
         self.model.eval()
         try:

@@ -481,10 +481,14 @@ class HRFE(nn.Module):
                                   nn.Conv2d(total, classes, kernel_size=1))
 
     def auxiliary_image(self, image: torch.Tensor) -> torch.Tensor:
-        """The task's view: ``image`` area-downsampled by ``aux_scale`` per side."""
-        if self.aux_scale == 1:
+        """The task's view: ``image`` area-downsampled by ``aux_scale`` per side (the mean of
+        each ``aux_scale``² block when the sides divide, as a plain pooling that exports to ONNX)."""
+        s = self.aux_scale
+        if s == 1:
             return image
-        return F.interpolate(image, scale_factor=1 / self.aux_scale, mode="area")
+        if image.shape[-2] % s == 0 and image.shape[-1] % s == 0:
+            return F.avg_pool2d(image, s)
+        return F.interpolate(image, scale_factor=1 / s, mode="area")
 
     def forward(self, image: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
         h, w = image.shape[-2:]

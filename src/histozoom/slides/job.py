@@ -19,6 +19,7 @@ A slide predictor (cells: :class:`~.runner.SlidePredictor`; nuclei:
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import math
 import shutil
@@ -36,8 +37,10 @@ from .reader import Slide
 from .tiling import TileGrid
 from .tissue import roi_mask, thumbnail_mpp, tissue_mask
 
-__all__ = ["FORMATS", "UPSAMPLE_LIMIT", "ModelClock", "Region", "SlideOptions", "SlideRunner", "batches",
-           "check_resolution", "find_region", "predict_slides", "prefetch", "progress", "slide_inputs", "start_work"]
+__all__ = ["FORMATS", "UPSAMPLE_LIMIT", "ModelClock", "Prepared", "Region", "SlideOptions", "SlidePass", "SlideRunner",
+           "TilePass", "batches", "pass_jobs", "run_pass",
+           "check_resolution", "find_region", "predict_slides", "prefetch", "progress", "shard_of", "slide_inputs",
+           "start_work"]
 
 UPSAMPLE_LIMIT = 1.5
 """A slide whose level 0 is coarser than the model's finest view by more than this factor
@@ -239,6 +242,81 @@ def decode_behind(jobs: Iterator[tuple[Any, Any]], forward: Callable[[Any, Any],
             pending.result()
 
 
+# ---------------------------------------------------------------------- one slide's tile pass
+@dataclass
+class SlidePass:
+    """A slide prepared for its pass over tiles, picklable so that batches can run in
+    other processes (:mod:`.ray_run`): the slide file and the level-0 µm/px it was opened
+    with, the ``work`` folder (journal), the tile ``grid``, the fixed batches of tile
+    indices (``groups``) and those not yet written (``todo``), the runner's ``context``
+    (cells: "none", "shared", "per-tile") and the stitched tissue map's
+    :meth:`~.tissue_map.TissueMap.spec` (``None``: no map)."""
+
+    slide: str
+    mpp: float
+    work: Path
+    grid: TileGrid
+    groups: list[list[int]]
+    todo: list[int]
+    context: str = ""
+    tissue_map: dict | None = None
+
+    def open_tissue_map(self):
+        from .tissue_map import TissueMap
+
+        return None if self.tissue_map is None else TissueMap(**self.tissue_map)
+
+
+@dataclass
+class Prepared:
+    """What a runner's ``prepare`` leaves for the pass and for ``finish``: the
+    :class:`SlidePass`, the :class:`Region`, the journal's ``plan``, the open tissue map
+    (or ``None``) and the model clock (seconds so far, the tissue pass's included)."""
+
+    job: SlidePass
+    region: Region
+    plan: dict
+    tmap: Any
+    clock: ModelClock
+
+    def close(self) -> None:
+        if self.tmap is not None:
+            self.tmap.close()
+            self.tmap = None
+
+
+class TilePass(Protocol):
+    """A runner's three steps for one batch of tiles (``tiles``: indices into the grid):
+    reading (``batch_reader()``: a picklable function of ``(slide, job, tmap, tiles)``
+    without the model, run in reader threads or Ray tasks), ``forward_batch`` (the model,
+    timed by ``clock``; ``new_clock()`` makes one) and ``write_batch`` (decode and write the
+    journal part ``path``, atomically)."""
+
+    def batch_reader(self) -> Callable[[Slide, SlidePass, Any, list[int]], Any]: ...
+
+    def new_clock(self) -> ModelClock: ...
+
+    def forward_batch(self, inputs: Any, job: SlidePass, clock: ModelClock) -> Any: ...
+
+    def write_batch(self, path: Path, job: SlidePass, tmap: Any, tiles: list[int], result: Any) -> None: ...
+
+
+def pass_jobs(work: Path, tiles: Sequence[int], batch_size: int) -> tuple[list[list[int]], list[int]]:
+    """The fixed batches of ``tiles`` and the indices of those without a journal part."""
+    groups = batches(tiles, batch_size)
+    return groups, [b for b in range(len(groups)) if not part_path(work, b).is_file()]
+
+
+def run_pass(runner: TilePass, slide: Slide, prep: Prepared, options: SlideOptions, desc: str) -> None:
+    """The batches still to do, here: read ahead by ``options.workers`` threads, the model in
+    this thread, decoding and writing in one thread beside it."""
+    job, tmap, read = prep.job, prep.tmap, runner.batch_reader()
+    reads = prefetch(job.todo, lambda b: read(slide, job, tmap, job.groups[b]), options.workers)
+    decode_behind(progress(reads, options, desc, len(job.todo)),
+                  lambda b, inputs: runner.forward_batch(inputs, job, prep.clock),
+                  lambda b, result: runner.write_batch(part_path(job.work, b), job, tmap, job.groups[b], result))
+
+
 # ---------------------------------------------------------------------- many slides
 SLIDE_EXTS = (".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".vms", ".vmu", ".bif", ".svslide", ".dcm",
               ".png", ".jpg", ".jpeg")
@@ -283,43 +361,89 @@ class SlideRunner(Protocol):
     def describe(self, summary: dict) -> str: ...
 
 
+def shard_of(items: Sequence, shard: tuple[int, int] | None) -> list:
+    """Shard ``(i, n)`` of ``items``: every ``n``-th item from the ``i``-th (``0 ≤ i < n``),
+    so shards ``0 … n−1`` partition them; ``None``: all of them."""
+    if shard is None:
+        return list(items)
+    i, n = shard
+    if not 0 <= i < n:
+        raise ValueError(f"shard {i}/{n}: the index must be in [0, {n})")
+    return list(items[i::n])
+
+
+ERROR_FILE = "error.json"
+"""Written into a slide's folder when it fails under ``skip_errors`` (removed when it succeeds)."""
+
+
+def _finished(folder: Path, key: dict) -> dict | None:
+    """The slide's summary when it finished with ``key``, its error record when it failed, else None."""
+    for name in ("summary.json", ERROR_FILE):
+        try:
+            old = json.loads((folder / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if old.get("run_key") == key:
+            return old
+    return None
+
+
 def predict_slides(sp: SlideRunner, inputs: Sequence[str | Path], out: str | Path, options: SlideOptions = SlideOptions(),
-                   skip_errors: bool = False, log=None) -> list[dict]:
-    """Run every slide of ``inputs`` into ``out/<stem>/``; slides finished with the same
-    settings are skipped. A bad slide stops the run (its error names it) unless
-    ``skip_errors``: then it is listed with status ``"error"``. ``out/slides.csv`` (the
-    predictor's ``TABLE_COLUMNS``) is rewritten after each slide. Returns the summaries
-    (errors as ``{slide, name, status, error}``)."""
+                   skip_errors: bool = False, log=None, shard: tuple[int, int] | None = None, ray=None) -> list[dict]:
+    """Run every slide of ``inputs`` (or of its ``shard``, :func:`shard_of`) into
+    ``out/<stem>/``; slides finished with the same settings are skipped. A bad slide stops
+    the run (its error names it) unless ``skip_errors``: then it is listed with status
+    ``"error"`` (and ``out/<stem>/error.json``). ``out/slides.csv`` (the predictor's
+    ``TABLE_COLUMNS``, one row per input slide: done, error, or ``pending`` when another
+    shard has not finished it yet) is rewritten after each slide, so the shard that
+    finishes last leaves the table of the whole run. ``ray``: a
+    :class:`~.ray_run.RayOptions` to run the tiles of all slides on Ray (same outputs).
+    Returns this run's summaries (errors as ``{slide, name, status, error}``)."""
     out = Path(out)
-    results: list[dict] = []
-    for path in slide_inputs(inputs):
-        folder = out / path.stem
-        key = sp.run_key(path, options)
-        done = folder / "summary.json"
-        summary = None
-        if done.is_file():
-            try:
-                old = json.loads(done.read_text())
-                summary = old if old.get("run_key") == key else None
-            except (OSError, json.JSONDecodeError):
-                summary = None
-        if summary is not None:
-            summary = {**summary, "skipped": True}
+    every = slide_inputs(inputs)
+    mine = shard_of(every, shard)
+    keys = {p: sp.run_key(p, options) for p in every}
+    results: dict[Path, dict] = {}
+
+    def record(path: Path, summary: dict) -> None:
+        results[path] = summary
+        rows = []
+        for p in every:
+            s = results.get(p) or _finished(out / p.stem, keys[p]) or {"slide": str(p), "name": p.stem, "status": "pending"}
+            rows.append(_row(sp, s))
+        write_slides_table(out / "slides.csv", sp.TABLE_COLUMNS, rows)
+
+    pending = []
+    for path in mine:
+        summary = _finished(out / path.stem, keys[path])
+        if summary is not None and summary.get("status") == "done":
             if log:
                 log(f"{path.name}: already done, skipped")
+            record(path, {**summary, "skipped": True})
         else:
-            try:
-                summary = sp.predict_slide(path, folder, replace(options, run_key=key))
-            except InputError as e:
-                if not skip_errors:
-                    raise
-                summary = {"slide": str(path), "name": path.stem, "status": "error", "error": str(e)}
-            if log:
-                log(f"{path.name}: " + (sp.describe(summary) if summary.get("status") == "done"
-                                        else f"{summary.get('status')}: {summary.get('error')}"))
-        results.append(summary)
-        write_slides_table(out / "slides.csv", sp.TABLE_COLUMNS, [_row(sp, s) for s in results])
-    return results
+            pending.append((path, out / path.stem, replace(options, run_key=keys[path])))
+    if ray is None:
+        runs = ((path, functools.partial(sp.predict_slide, path, folder, opts)) for path, folder, opts in pending)
+    else:
+        from .ray_run import run_on_ray
+
+        runs = run_on_ray(sp, pending, options, ray)
+    for path, run in runs:
+        folder = out / path.stem
+        try:
+            summary = run()
+            (folder / ERROR_FILE).unlink(missing_ok=True)
+        except InputError as e:
+            if not skip_errors:
+                raise
+            summary = {"slide": str(path), "name": path.stem, "status": "error", "error": str(e), "run_key": keys[path]}
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / ERROR_FILE, summary)
+        if log:
+            log(f"{path.name}: " + (sp.describe(summary) if summary.get("status") == "done"
+                                    else f"{summary.get('status')}: {summary.get('error')}"))
+        record(path, summary)
+    return [results[p] for p in mine if p in results]
 
 
 def _row(sp: SlideRunner, summary: dict) -> dict:

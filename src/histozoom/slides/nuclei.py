@@ -30,8 +30,10 @@ Per slide (the machinery of :mod:`.job`, shared with cell detection):
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,18 +44,18 @@ import torch
 from ..data.samples import image_tensor
 from ..errors import ConfigError, InputError
 from ..evaluation.grading import GradingRule
+from ..inference.device import to_device
 from ..inference.nuclei_predictor import NucleiPredictor
 from .job import (
     ModelClock,
+    Prepared,
     Region,
     SlideOptions,
-    batches,
+    SlidePass,
     check_resolution,
-    decode_behind,
     find_region,
-    part_path,
-    prefetch,
-    progress,
+    pass_jobs,
+    run_pass,
     start_work,
 )
 from .reader import Slide, open_slide
@@ -108,7 +110,7 @@ class TissueModel:
     clock_factory: object
 
 
-def load_tissue_model(path: str | Path, device: str = "cpu") -> TissueModel:
+def load_tissue_model(path: str | Path, device: str = "cpu", engine: str = "torch", compile: bool = False) -> TissueModel:
     """The tissue branch of the OCELOT checkpoint ``path``, refused with a clear error when
     it has none (cell-only) or cannot run alone (feature sharing with cell→tissue links)."""
     from ..models.checkpoint import load_config, require_family, resolve_checkpoint
@@ -117,7 +119,7 @@ def load_tissue_model(path: str | Path, device: str = "cpu") -> TissueModel:
     ckpt = resolve_checkpoint(path)
     _, meta = load_config(ckpt)
     require_family(ckpt, meta, "cell-tissue", "--tissue-checkpoint takes an OCELOT checkpoint with a tissue branch")
-    sp = SlidePredictor.from_checkpoint(ckpt, device=device)
+    sp = SlidePredictor.from_checkpoint(ckpt, device=device, engine=engine, compile=compile)
     model = sp.model
     name = meta.get("model_name") or "this model"
     if getattr(model, "tissue", None) is None:
@@ -129,7 +131,7 @@ def load_tissue_model(path: str | Path, device: str = "cpu") -> TissueModel:
     classes = sp.predictor.spec.tissue_classes
     st = sp.settings
     view = TissueView(st.tissue_mpp, st.tissue_tile, st.tissue_margin, len(classes or ()))
-    return TissueModel(model.tissue_probabilities, view, classes, str(ckpt),
+    return TissueModel(sp._tissue_probabilities, view, classes, str(ckpt),
                        lambda: ModelClock(sp.predictor.device, sp.predictor._autocast))
 
 
@@ -149,15 +151,20 @@ class NucleiSlidePredictor:
         self.tissue = tissue
         self.grading = grading or GradingRule()
         self.mpp_source = mpp_source
+        self.factory: Callable[[], NucleiSlidePredictor] | None = None
+        """Builds this runner again in another process (set by :meth:`from_checkpoint`)."""
         if settings.multiple % nuclei.multiple:
             raise ConfigError(f"settings.multiple {settings.multiple} is not a multiple of the model's {nuclei.multiple}")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, tissue_checkpoint: str | Path | None = None, device: str = "cpu",
                         tile: int | None = None, margin: int | None = None,
-                        grading: GradingRule | None = None) -> NucleiSlidePredictor:
+                        grading: GradingRule | None = None, engine: str = "torch",
+                        compile: bool = False) -> NucleiSlidePredictor:
         """From a nuclei training run or checkpoint folder (its µm/px from the checkpoint;
-        older ones: :data:`DEFAULT_MPP`) and optionally an OCELOT checkpoint for the cancer area."""
+        older ones: :data:`DEFAULT_MPP`) and optionally an OCELOT checkpoint for the cancer
+        area; ``engine`` runs both networks (:mod:`~histozoom.inference.engines`); ``compile``:
+        ``torch.compile`` them."""
         from ..models.checkpoint import load_config, require_family, resolve_checkpoint
 
         ckpt = resolve_checkpoint(path)
@@ -166,49 +173,63 @@ class NucleiSlidePredictor:
                                              "for cell detection use 'histozoom slide predict'")
         extra = meta.get("extra") or {}
         mpp = extra.get("mpp")
-        nuclei = NucleiPredictor.from_checkpoint(ckpt, device=device)
+        nuclei = NucleiPredictor.from_checkpoint(ckpt, device=device, engine=engine, compile=compile)
         multiple = max(32, nuclei.multiple)
         settings = NucleiSlideSettings(float(mpp) if mpp else DEFAULT_MPP, tile or 512, 64 if margin is None else margin,
                                        multiple)
-        tissue = None if tissue_checkpoint is None else load_tissue_model(tissue_checkpoint, device)
-        return cls(nuclei, settings, str(ckpt), tissue, grading, "checkpoint" if mpp else "default")
+        tissue = None if tissue_checkpoint is None else load_tissue_model(tissue_checkpoint, device, engine, compile)
+        sp = cls(nuclei, settings, str(ckpt), tissue, grading, "checkpoint" if mpp else "default")
+        tissue_arg = None if tissue_checkpoint is None else str(tissue_checkpoint)
+        sp.factory = functools.partial(cls.from_checkpoint, str(ckpt), tissue_arg, device, tile, margin, grading, engine,
+                                       compile)
+        return sp
 
     # ------------------------------------------------------------------ one slide
     def predict_slide(self, slide: str | Path | Slide, out_dir: str | Path, options: SlideOptions | None = None) -> dict:
         """Run one slide (a path, or an open :class:`~.reader.Slide`, which stays open) into
         ``out_dir``; returns its summary (also ``summary.json``)."""
-        from .nuclei_outputs import finish_nuclei_slide
-
         options = options or SlideOptions()
         t_start = time.perf_counter()
-        out_dir = Path(out_dir)
         owned = not isinstance(slide, Slide)
-        st = self.settings
         with open_slide(slide, options.mpp) if owned else nullcontext(slide) as slide:
-            check_resolution(slide, st.mpp, options, "the nuclei model's view")
-            if self.tissue is not None:
-                check_resolution(slide, self.tissue.view.mpp, options, "the tissue model's view")
-            region = find_region(slide, options, st.mpp, st.tile, st.margin)
-            work = out_dir / ".work"
-            plan = self._plan(slide, region, options)
-            start_work(work, plan)
-            clock = ModelClock(self.nuclei.device)
-            tmap = None
+            prep = self.prepare(slide, Path(out_dir), options)
             try:
-                if self.tissue is not None and region.tiles:
-                    tclock = self.tissue.clock_factory()
-                    pad = 4 * self.tissue.view.mpp / slide.mpp
-                    tmap = stitch_tissue_map(self.tissue.probabilities, self.tissue.view, slide, region.grid,
-                                             region.tiles, pad, work, options, tclock)
-                    clock.seconds += tclock.seconds
-                self._nuclei_pass(slide, region, work, options, tmap, clock)
-                summary = finish_nuclei_slide(self, slide, region, work, out_dir, options, tmap, plan, clock.seconds,
-                                              time.perf_counter() - t_start)
+                run_pass(self, slide, prep, options, "nuclei")
+                summary = self.finish(slide, prep, Path(out_dir), options, time.perf_counter() - t_start)
             finally:
-                if tmap is not None:
-                    tmap.close()
-        shutil.rmtree(work, ignore_errors=True)
+                prep.close()
+        shutil.rmtree(prep.job.work, ignore_errors=True)
         return summary
+
+    def prepare(self, slide: Slide, out_dir: Path, options: SlideOptions) -> Prepared:
+        """Region, journal and (with a tissue model) the tissue pass; the batches still to do."""
+        st = self.settings
+        check_resolution(slide, st.mpp, options, "the nuclei model's view")
+        if self.tissue is not None:
+            check_resolution(slide, self.tissue.view.mpp, options, "the tissue model's view")
+        region = find_region(slide, options, st.mpp, st.tile, st.margin)
+        work = out_dir / ".work"
+        plan = self._plan(slide, region, options)
+        start_work(work, plan)
+        clock = self.new_clock()
+        tmap = None
+        if self.tissue is not None and region.tiles:
+            tclock = self.tissue.clock_factory()
+            pad = 4 * self.tissue.view.mpp / slide.mpp
+            tmap = stitch_tissue_map(self.tissue.probabilities, self.tissue.view, slide, region.grid, region.tiles, pad,
+                                     work, options, tclock)
+            clock.seconds += tclock.seconds
+        groups, todo = pass_jobs(work, region.tiles, options.batch_size)
+        job = SlidePass(str(slide.path), slide.mpp, work, region.grid, groups, todo, "",
+                        None if tmap is None else tmap.spec())
+        return Prepared(job, region, plan, tmap, clock)
+
+    def finish(self, slide: Slide, prep: Prepared, out_dir: Path, options: SlideOptions, seconds: float) -> dict:
+        """Seams, outputs and grades from the journal (:func:`.nuclei_outputs.finish_nuclei_slide`)."""
+        from .nuclei_outputs import finish_nuclei_slide
+
+        return finish_nuclei_slide(self, slide, prep.region, prep.job.work, out_dir, options, prep.tmap, prep.plan,
+                                   prep.clock.seconds, seconds)
 
     def _plan(self, slide: Slide, region: Region, options: SlideOptions) -> dict:
         g = region.grid
@@ -240,32 +261,36 @@ class NucleiSlidePredictor:
         return (f"done, {summary['nuclei']} nuclei in {summary['seconds']:.1f} s"
                 + ("" if grade is None else f", slide grade {grade}"))
 
-    # ------------------------------------------------------------------ the nuclei pass
-    def _nuclei_pass(self, slide: Slide, region: Region, work: Path, options: SlideOptions, tmap: TissueMap | None,
-                     clock: ModelClock) -> None:
+    # ------------------------------------------------------------------ the nuclei pass (job.TilePass)
+    def batch_reader(self) -> Callable[[Slide, SlidePass, TissueMap | None, list[int]], torch.Tensor]:
+        """Reads a batch of tiles (:func:`read_nuclei_tiles`); picklable, no model."""
+        return functools.partial(read_nuclei_tiles, self.settings)
+
+    def new_clock(self) -> ModelClock:
+        return ModelClock(self.nuclei.device)
+
+    def forward_batch(self, imgs: torch.Tensor, job: SlidePass, clock: ModelClock) -> dict[str, torch.Tensor]:
+        maps = clock(self.nuclei.batch_maps, to_device(imgs, self.nuclei.device))
+        return {name: m.float().cpu() for name, m in maps.items()}
+
+    def write_batch(self, path: Path, job: SlidePass, tmap: TissueMap | None, tiles: list[int],
+                    maps: dict[str, torch.Tensor]) -> None:
+        """Instances per tile (watershed, votes), those each tile owns, into the part ``path``."""
         from .nuclei_outputs import tile_nuclei, write_nuclei_part
 
-        grid, st = region.grid, self.settings
-        groups = batches(region.tiles, options.batch_size)
-        jobs = [b for b in range(len(groups)) if not part_path(work, b).is_file()]
-        dev = self.nuclei.device
-
-        def read(b):
-            return torch.stack([image_tensor(slide.read(*grid.read_origin(k), st.tile, st.tile, st.mpp)) for k in groups[b]])
-
-        def forward(b, imgs):
-            maps = clock(self.nuclei.batch_maps, imgs.to(dev))
-            return {name: m.float().cpu() for name, m in maps.items()}
-
-        def decode(b, maps):
-            found = []
-            for i, k in enumerate(groups[b]):
-                tile_maps = {name: m[i].numpy() for name, m in maps.items()}
-                found.append(tile_nuclei(self.nuclei.postprocess(tile_maps), grid, k))
-            write_nuclei_part(part_path(work, b), found, tmap, self._tissue_ids())
-
-        decode_behind(progress(prefetch(jobs, read, options.workers), options, "nuclei", len(jobs)), forward, decode)
+        found = []
+        for i, k in enumerate(tiles):
+            tile_maps = {name: m[i].numpy() for name, m in maps.items()}
+            found.append(tile_nuclei(self.nuclei.postprocess(tile_maps), job.grid, k))
+        write_nuclei_part(path, found, tmap, self._tissue_ids())
 
     def _tissue_ids(self) -> np.ndarray:
         classes = None if self.tissue is None else self.tissue.classes
         return np.asarray(classes.ids if classes else (), np.int64)
+
+
+def read_nuclei_tiles(settings: NucleiSlideSettings, slide: Slide, job: SlidePass, tmap: TissueMap | None,
+                      tiles: list[int]) -> torch.Tensor:
+    """The tiles ``(B, 3, tile, tile)`` at the model's µm/px (normalised, :func:`image_tensor`)."""
+    st = settings
+    return torch.stack([image_tensor(slide.read(*job.grid.read_origin(k), st.tile, st.tile, st.mpp)) for k in tiles])

@@ -267,6 +267,15 @@ FINAL_COLUMNS = ("id", "x", "y", "x_um", "y_um", "area_px", "area_um2", "class_i
                  "tissue_class", "tissue_name", "tile", "truncated", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "mask")
 
 
+def _objects(values) -> np.ndarray:
+    """A 1-D object array of ``values`` (masks, outlines): built element by element, since
+    ``np.array`` would make a 2-D array of outlines that happen to have one length."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
 def _apply_trims(cols: dict[str, np.ndarray], rows: np.ndarray, trimmed: dict[int, np.ndarray], scale: float) -> None:
     """Replace the masks (and their box, centroid, area, outline) of trimmed nuclei in ``cols``."""
     for local, g in enumerate(rows.tolist()):
@@ -367,7 +376,7 @@ def finish_nuclei_slide(sp: NucleiSlidePredictor, slide: Slide, region: Region, 
             t = pq.read_table(path)
             local = num["row"][sel]
             cols = {c: t.column(c).to_numpy(zero_copy_only=False)[local] for c in t.column_names}
-            cols = {c: (v.copy() if c not in ("mask", "ring") else np.array(list(v), dtype=object)) for c, v in cols.items()}
+            cols = {c: (v.copy() if c not in ("mask", "ring") else _objects(v)) for c, v in cols.items()}
             _apply_trims(cols, sel, trimmed, scale)
             n = len(sel)
             cols["id"] = np.arange(next_id, next_id + n, dtype=np.int64)
@@ -407,7 +416,7 @@ def finish_nuclei_slide(sp: NucleiSlidePredictor, slide: Slide, region: Region, 
                   "largest_nucleus_px": int(max(k["bbox_w"].max(), k["bbox_h"].max())) if len(k["x"]) else None},
         "seconds": round(seconds, 2), "model_seconds": round(model_seconds, 2), "checkpoint": sp.checkpoint,
         "tissue_checkpoint": None if sp.tissue is None else sp.tissue.checkpoint, "settings": sp.settings.to_dict(),
-        "histozoom_version": __version__,
+        "engine": sp.nuclei.engine, "histozoom_version": __version__,
         "outputs": sorted(p.name for p in out.iterdir() if p.is_file()) + ["summary.json"],
         "warnings": warnings, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "plan": plan, "run_key": options.run_key,
     }

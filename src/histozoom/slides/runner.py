@@ -34,8 +34,10 @@ Per slide (:meth:`SlidePredictor.predict_slide`):
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -46,20 +48,20 @@ import torch
 from ..data.samples import image_tensor
 from ..errors import InputError
 from ..inference.decode import decode_cells_torch
+from ..inference.device import maybe_compile, to_device
 from ..inference.predictor import Predictor
 from .job import (
     UPSAMPLE_LIMIT,
     ModelClock,
+    Prepared,
     Region,
     SlideOptions,
-    batches,
+    SlidePass,
     check_resolution,
-    decode_behind,
     find_region,
-    part_path,
+    pass_jobs,
     predict_slides,
-    prefetch,
-    progress,
+    run_pass,
     slide_inputs,
     start_work,
 )
@@ -83,6 +85,11 @@ class SlidePredictor:
         self.model = predictor.model
         self.settings = settings
         self.checkpoint = checkpoint
+        compiled = predictor.compiled
+        self._cell_given_tissue = maybe_compile(getattr(self.model, "cell_logits_given_tissue", None), compiled)
+        self._tissue_probabilities = maybe_compile(getattr(self.model, "tissue_probabilities", None), compiled)
+        self.factory: Callable[[], SlidePredictor] | None = None
+        """Builds this runner again in another process (set by :meth:`from_checkpoint`)."""
         cfg = getattr(self.model, "config", None)
         if cfg is not None and getattr(cfg, "leak_tissue_labels", False):
             raise InputError(checkpoint or None, "a tissue-label-leaking model reads ground-truth tissue labels, "
@@ -90,10 +97,11 @@ class SlidePredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", cell_margin: int | None = None,
-                        tissue_margin: int | None = None) -> SlidePredictor:
+                        tissue_margin: int | None = None, engine: str = "torch", compile: bool = False) -> SlidePredictor:
         """From a training run folder or a ``save_pretrained`` folder. The views' sizes and
         µm/px come from the checkpoint (older checkpoints: its dataset's nominal µm/px at
-        the training size)."""
+        the training size); ``engine``: what runs the network (:mod:`~histozoom.inference.engines`);
+        ``compile``: ``torch.compile`` its entry points."""
         from ..models.checkpoint import load_config, require_family, resolve_checkpoint
 
         ckpt = resolve_checkpoint(path)
@@ -113,8 +121,10 @@ class SlidePredictor:
                                        "retrain with this version of histozoom")
             views = {"cell": {"size": size, "mpp": spec.get("cell_mpp", 0.2)},
                      "tissue": {"size": size, "mpp": spec.get("tissue_mpp", 0.8)}}
-        predictor = Predictor.from_checkpoint(ckpt, device=device, size=None)
-        return cls(predictor, SlideSettings.from_views(views, cell_margin, tissue_margin), str(ckpt))
+        predictor = Predictor.from_checkpoint(ckpt, device=device, size=None, engine=engine, compile=compile)
+        sp = cls(predictor, SlideSettings.from_views(views, cell_margin, tissue_margin), str(ckpt))
+        sp.factory = functools.partial(cls.from_checkpoint, str(ckpt), device, cell_margin, tissue_margin, engine, compile)
+        return sp
 
     # ------------------------------------------------------------------ what the model needs
     def context(self, options: SlideOptions) -> str:
@@ -129,33 +139,43 @@ class SlidePredictor:
     def predict_slide(self, slide: str | Path | Slide, out_dir: str | Path, options: SlideOptions | None = None) -> dict:
         """Run one slide (a path, or an open :class:`~.reader.Slide`, which stays open) into
         ``out_dir``; returns its summary (also ``summary.json``)."""
-        from .outputs import finish_slide
-
         options = options or SlideOptions()
         t_start = time.perf_counter()
-        out_dir = Path(out_dir)
         owned = not isinstance(slide, Slide)
         with open_slide(slide, options.mpp) if owned else nullcontext(slide) as slide:
-            check_resolution(slide, self.settings.cell_mpp, options, "the model's cell view")
-            st = self.settings
-            region = find_region(slide, options, st.cell_mpp, st.cell_tile, st.cell_margin)
-            context = self.context(options)
-            work = out_dir / ".work"
-            plan = self._plan(slide, region, options, context)
-            start_work(work, plan)
-            clock = ModelClock(self.predictor.device, self.predictor._autocast)
-            tmap = None
+            prep = self.prepare(slide, Path(out_dir), options)
             try:
-                if context == "shared" and region.tiles:
-                    tmap = self._tissue_pass(slide, region, work, options, clock)
-                self._cell_pass(slide, region, work, options, context, tmap, clock)
-                summary = finish_slide(self, slide, region, work, out_dir, options, context, tmap, plan,
-                                       clock.seconds, time.perf_counter() - t_start)
+                run_pass(self, slide, prep, options, "cells")
+                summary = self.finish(slide, prep, Path(out_dir), options, time.perf_counter() - t_start)
             finally:
-                if tmap is not None:
-                    tmap.close()
-        shutil.rmtree(work, ignore_errors=True)
+                prep.close()
+        shutil.rmtree(prep.job.work, ignore_errors=True)
         return summary
+
+    def prepare(self, slide: Slide, out_dir: Path, options: SlideOptions) -> Prepared:
+        """Region, journal and (shared context) the tissue pass; the cell batches still to do."""
+        check_resolution(slide, self.settings.cell_mpp, options, "the model's cell view")
+        st = self.settings
+        region = find_region(slide, options, st.cell_mpp, st.cell_tile, st.cell_margin)
+        context = self.context(options)
+        work = out_dir / ".work"
+        plan = self._plan(slide, region, options, context)
+        start_work(work, plan)
+        clock = self.new_clock()
+        tmap = None
+        if context == "shared" and region.tiles:
+            tmap = self._tissue_pass(slide, region, work, options, clock)
+        groups, todo = pass_jobs(work, region.tiles, options.batch_size)
+        job = SlidePass(str(slide.path), slide.mpp, work, region.grid, groups, todo, context,
+                        None if tmap is None else tmap.spec())
+        return Prepared(job, region, plan, tmap, clock)
+
+    def finish(self, slide: Slide, prep: Prepared, out_dir: Path, options: SlideOptions, seconds: float) -> dict:
+        """The slide's outputs from its journal (:func:`.outputs.finish_slide`)."""
+        from .outputs import finish_slide
+
+        return finish_slide(self, slide, prep.region, prep.job.work, out_dir, options, prep.job.context, prep.tmap,
+                            prep.plan, prep.clock.seconds, seconds)
 
     def _plan(self, slide: Slide, region: Region, options: SlideOptions, context: str) -> dict:
         g = region.grid
@@ -187,42 +207,40 @@ class SlidePredictor:
         assert cg is not None
         pad = (st.cell_margin + 4) * cg.scale + 4 * st.tissue_mpp / slide.mpp  # context a cell tile's window needs
         view = TissueView(st.tissue_mpp, st.tissue_tile, st.tissue_margin, len(self.predictor.spec.tissue_classes or ()))
-        return stitch_tissue_map(self.model.tissue_probabilities, view, slide, cg, region.tiles, pad, work, options, clock)
+        return stitch_tissue_map(self._tissue_probabilities, view, slide, cg, region.tiles, pad, work, options, clock)
 
-    # ------------------------------------------------------------------ the cell pass
-    def _cell_views(self, slide: Slide, grid: TileGrid, k: int, context: str, tmap: TissueMap | None) -> dict:
-        st = self.settings
-        ox, oy = grid.read_origin(k)
-        side = st.cell_tile * grid.scale  # level-0 px
-        out = {"cell": image_tensor(slide.read(ox, oy, st.cell_tile, st.cell_tile, st.cell_mpp))}
-        if context == "shared":
-            crop, win = tmap.window(ox, oy, side, side)
-            out["tissue_probs"], out["window"] = torch.from_numpy(crop), torch.tensor(win)
-        elif context == "per-tile":
-            ts = st.tissue_mpp / slide.mpp
-            tside = st.tissue_tile * ts
-            cx, cy = ox + side / 2, oy + side / 2
-            view = slide.read(cx - tside / 2, cy - tside / 2, st.tissue_tile, st.tissue_tile, st.tissue_mpp)
-            out["tissue"] = image_tensor(view)
-            f = side / tside
-            out["window"] = torch.tensor([(1 - f) / 2, (1 - f) / 2, f, f])
-        return out
+    # ------------------------------------------------------------------ the cell pass (job.TilePass)
+    def batch_reader(self) -> Callable[[Slide, SlidePass, TissueMap | None, list[int]], list[dict]]:
+        """Reads a batch's model inputs (:func:`read_cell_views`); picklable, no model."""
+        return functools.partial(read_cell_views, self.settings)
+
+    def new_clock(self) -> ModelClock:
+        return ModelClock(self.predictor.device, self.predictor._autocast)
+
+    def forward_batch(self, views: list[dict], job: SlidePass, clock: ModelClock):
+        return self._forward_cells(views, job.context, clock)
+
+    def write_batch(self, path: Path, job: SlidePass, tmap: TissueMap | None, tiles: list[int], result) -> None:
+        from .outputs import write_part
+
+        prob, t_cell = result
+        write_part(path, self._decode_batch(job.grid, tiles, prob, t_cell, tmap))
 
     def _forward_cells(self, views: list[dict], context: str, clock: ModelClock) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Cell softmax ``(B, 1 + C, H, W)`` and, per tile, the tissue softmax in the cell
         frame ``(B, T, H, W)`` (per-tile context only; ``None`` otherwise)."""
         dev = self.predictor.device
-        cell = torch.stack([v["cell"] for v in views]).to(dev)
+        cell = to_device(torch.stack([v["cell"] for v in views]), dev)
         if context == "none":
-            logits = clock(lambda x: self.model(x)["cell_logits"], cell)
+            logits = clock(lambda x: self.predictor.net(x)["cell_logits"], cell)
             return logits.float().softmax(1), None
         win = torch.stack([v["window"] for v in views]).to(dev)
         if context == "shared":
-            probs = torch.stack([v["tissue_probs"] for v in views]).to(dev)
-            logits = clock(self.model.cell_logits_given_tissue, cell, probs, win)
+            probs = to_device(torch.stack([v["tissue_probs"] for v in views]), dev)
+            logits = clock(self._cell_given_tissue, cell, probs, win)
             return logits.float().softmax(1), None
-        tissue = torch.stack([v["tissue"] for v in views]).to(dev)
-        out = clock(self.model, cell, tissue, win)
+        tissue = to_device(torch.stack([v["tissue"] for v in views]), dev)
+        out = clock(self.predictor.net, cell, tissue, win)
         from ..geometry import tissue_to_cell
 
         t_cell = tissue_to_cell(out["tissue_logits"].float().softmax(1), win, tuple(cell.shape[-2:]))
@@ -252,20 +270,27 @@ class SlidePredictor:
                 cols[name].append(v)
         return {c: np.concatenate(v) if v else np.zeros(0) for c, v in cols.items()}
 
-    def _cell_pass(self, slide: Slide, region: Region, work: Path, options: SlideOptions, context: str,
-                   tmap: TissueMap | None, clock: ModelClock) -> None:
-        from .outputs import write_part
 
-        grid = region.grid
-        groups = batches(region.tiles, options.batch_size)
-        jobs = [b for b in range(len(groups)) if not part_path(work, b).is_file()]
-
-        def read(b):
-            return [self._cell_views(slide, grid, k, context, tmap) for k in groups[b]]
-
-        def decode(b, result):
-            prob, t_cell = result
-            write_part(part_path(work, b), self._decode_batch(grid, groups[b], prob, t_cell, tmap))
-
-        decode_behind(progress(prefetch(jobs, read, options.workers), options, "cells", len(jobs)),
-                      lambda b, views: self._forward_cells(views, context, clock), decode)
+def read_cell_views(settings: SlideSettings, slide: Slide, job: SlidePass, tmap: TissueMap | None,
+                    tiles: list[int]) -> list[dict]:
+    """Per tile of ``tiles``: ``cell`` (its cell view) and, by ``job.context``, its tissue
+    context: ``tissue_probs`` + ``window`` (its window of the stitched map, "shared") or
+    ``tissue`` + ``window`` (its centred tissue view, "per-tile")."""
+    st, grid = settings, job.grid
+    out = []
+    for k in tiles:
+        ox, oy = grid.read_origin(k)
+        side = st.cell_tile * grid.scale  # level-0 px
+        views = {"cell": image_tensor(slide.read(ox, oy, st.cell_tile, st.cell_tile, st.cell_mpp))}
+        if job.context == "shared":
+            crop, win = tmap.window(ox, oy, side, side)
+            views["tissue_probs"], views["window"] = torch.from_numpy(crop), torch.tensor(win)
+        elif job.context == "per-tile":
+            tside = st.tissue_tile * st.tissue_mpp / slide.mpp
+            cx, cy = ox + side / 2, oy + side / 2
+            views["tissue"] = image_tensor(slide.read(cx - tside / 2, cy - tside / 2, st.tissue_tile, st.tissue_tile,
+                                                      st.tissue_mpp))
+            f = side / tside
+            views["window"] = torch.tensor([(1 - f) / 2, (1 - f) / 2, f, f])
+        out.append(views)
+    return out

@@ -32,6 +32,11 @@ class TissueMap:
         mode = "r+" if self.path.is_file() and self.path.stat().st_size == nbytes else "w+"
         self.data = np.memmap(self.path, dtype=np.float16, mode=mode, shape=shape)
 
+    def spec(self) -> dict:
+        """The arguments that open this map again (``TissueMap(**spec)``), in any process."""
+        c, h, w = self.shape
+        return {"path": str(self.path), "channels": c, "height": h, "width": w, "origin": self.origin, "scale": self.scale}
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.data.shape  # type: ignore[return-value]

@@ -19,6 +19,7 @@ import torch
 
 from ..atomic import write_json
 from ..data.samples import image_tensor
+from ..inference.device import to_device
 from .job import ModelClock, SlideOptions, batches, prefetch, progress
 from .reader import Slide
 from .tiling import TileGrid
@@ -77,7 +78,7 @@ def stitch_tissue_map(probabilities: Callable[[torch.Tensor], torch.Tensor], vie
     jobs = list(range(done, len(groups)))
     m, c = view.margin, tg.core
     for b, imgs in progress(prefetch(jobs, read, options.workers), options, "tissue", len(jobs)):
-        probs = clock(probabilities, imgs.to(device)).float().cpu().numpy()
+        probs = clock(probabilities, to_device(imgs, device)).float().cpu().numpy()
         for k, p in zip(groups[b], probs):
             i, j = tg.index(k)
             tmap.write_core(j * c, i * c, p[:, m:m + c, m:m + c].astype(np.float16))

@@ -184,11 +184,18 @@ class Experiment:
     """Runs the stages of an :class:`ExperimentConfig` in ``out`` (see the module doc)."""
 
     def __init__(self, cfg: ExperimentConfig, out: str | Path, log: Callable[[str], None] | None = None,
-                 runner: Callable[[TrainConfig, Path, bool], dict] | None = None):
+                 runner: Callable[[TrainConfig, Path, bool], dict] | None = None,
+                 parallel: Callable[[list[tuple[TrainConfig, Path, bool]]], list] | None = None):
+        """``runner(config, run_dir, resume)`` trains one run (default: the trainer);
+        ``parallel``, when given, trains a stage's pending runs together (e.g.
+        :func:`histozoom.training.ray_runs.ray_parallel`) and returns, per run, its
+        summary or the exception it raised; the stage then reads them like finished runs."""
         self.cfg = cfg
         self.out = Path(out)
         self.log = log or (lambda msg: None)
         self.runner = runner or (lambda c, d, resume: train(c, d, resume=resume, log=self.log))
+        self.parallel = parallel
+        self.failed: set[str] = set()  # runs that failed in this invocation: not tried again in it
         self.trained: list[str] = []  # runs trained (or resumed) by this object
         self.pending: list[str] = []  # runs left untrained (dry run or a stage not asked for)
 
@@ -205,6 +212,8 @@ class Experiment:
                 raise InputError(saved, f"this run was made with other settings ({sorted(diff)}); use a new experiment folder")
         if done is not None:
             return done
+        if str(spec.run_dir) in self.failed:
+            return None
         if dry_run:
             if str(spec.run_dir) not in self.pending:
                 self.pending.append(str(spec.run_dir))
@@ -218,9 +227,37 @@ class Experiment:
             spec.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(spec.run_dir / FAILED_FILE, {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
             self.log(f"run {spec.run_dir} failed: {type(err).__name__}: {err}")
+            self.failed.add(str(spec.run_dir))
             return None
         self.trained.append(str(spec.run_dir))
         return summary if summary.get("finished") else None
+
+    def run_together(self, specs: Sequence[RunSpec], dry_run: bool = False) -> None:
+        """With ``parallel``: train the runs of ``specs`` not yet finished all at once
+        (a failure is recorded in ``RUN/failed.json``, as by :meth:`run`). Without it,
+        nothing: :meth:`run` trains them one by one."""
+        if self.parallel is None or dry_run:
+            return
+        todo = []
+        for spec in specs:
+            if spec.done() is None and str(spec.run_dir) not in self.failed and spec not in todo:
+                self.run(spec, dry_run=True)  # the settings check, and the run listed as pending
+                todo.append(spec)
+        if not todo:
+            return
+        self.log(f"training {len(todo)} runs together")
+        outcomes = self.parallel([(s.config, s.run_dir, (s.run_dir / TRAIN_CONFIG_FILE).is_file()) for s in todo])
+        for spec, outcome in zip(todo, outcomes):
+            if isinstance(outcome, BaseException):
+                spec.run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(spec.run_dir / FAILED_FILE, {"error": f"{type(outcome).__name__}: {outcome}",
+                                                        "traceback": "".join(traceback.format_exception(outcome))})
+                self.log(f"run {spec.run_dir} failed: {type(outcome).__name__}: {outcome}")
+                self.failed.add(str(spec.run_dir))
+            else:
+                self.trained.append(str(spec.run_dir))
+            if str(spec.run_dir) in self.pending:
+                self.pending.remove(str(spec.run_dir))
 
     def model_run(self, model: str, setting: Mapping[str, Any], seed: int) -> RunSpec:
         changes = {"model": model, "seed": seed, "lr": setting["lr"], "cell_lr_ratio": setting["cell_lr_ratio"],
@@ -232,6 +269,8 @@ class Experiment:
     def tune(self, dry_run: bool = False) -> dict[str, dict]:
         """Per model: every setting's mean val mF1 over the grid seeds and the selected one."""
         out = {}
+        self.run_together([self.model_run(m, st, seed) for m in self.cfg.models for st in self.cfg.settings()
+                           for seed in range(self.cfg.grid_seeds)], dry_run)
         for model in self.cfg.models:
             rows = []
             for setting in self.cfg.settings():
@@ -253,6 +292,8 @@ class Experiment:
     def seeds(self, selected: Mapping[str, Mapping], dry_run: bool = False) -> dict[str, dict]:
         """Per model: the runs of the selected setting over ``seeds`` seeds, aggregated."""
         out = {}
+        self.run_together([self.model_run(m, selected[m]["selected"], seed) for m in self.cfg.models
+                           if (selected.get(m) or {}).get("selected") is not None for seed in range(self.cfg.seeds)], dry_run)
         for model in self.cfg.models:
             setting = (selected.get(model) or {}).get("selected")
             if setting is None:
@@ -291,10 +332,9 @@ class Experiment:
         epochs_used = 0
         for r, epochs in enumerate(rungs):
             scores = []
-            for sharing in candidates:
-                cfg = self.cfg.base.replace(model="feature-sharing", epochs=epochs, stop_after=None,
-                                            model_overrides={**self.cfg.base.model_overrides, "sharing": list(sharing)})
-                spec = RunSpec(self.out / "search" / f"e{epochs}" / sharing_tag(sharing) / f"seed{self.cfg.base.seed}", cfg)
+            specs = [self._search_run(sharing, epochs) for sharing in candidates]
+            self.run_together(specs, dry_run)
+            for sharing, spec in zip(candidates, specs):
                 s = self.run(spec, dry_run)
                 epochs_used += epochs
                 val = (s or {}).get("val") or {}
@@ -311,6 +351,11 @@ class Experiment:
         return {"mode": mode, "budget": budget, "rungs": rungs, "epochs_trained": epochs_used,
                 "full_search_epochs": len(configs) * full, "history": history,
                 "best": final[0] if final else None}
+
+    def _search_run(self, sharing: Sequence[str], epochs: int) -> RunSpec:
+        cfg = self.cfg.base.replace(model="feature-sharing", epochs=epochs, stop_after=None,
+                                    model_overrides={**self.cfg.base.model_overrides, "sharing": list(sharing)})
+        return RunSpec(self.out / "search" / f"e{epochs}" / sharing_tag(sharing) / f"seed{self.cfg.base.seed}", cfg)
 
     # ------------------------------------------------------------------ all together
     def run_all(self, stages: Sequence[str] = ("tune", "seeds", "search", "report"), dry_run: bool = False) -> dict:
@@ -343,9 +388,10 @@ class Experiment:
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, stages: Sequence[str] = ("tune", "seeds", "search", "report"),
-                   dry_run: bool = False, log: Callable[[str], None] | None = None) -> dict:
-    """Run (or continue) an experiment; returns the results (also ``OUT/results.json``)."""
-    return Experiment(cfg, out, log).run_all(stages, dry_run)
+                   dry_run: bool = False, log: Callable[[str], None] | None = None, parallel=None) -> dict:
+    """Run (or continue) an experiment; returns the results (also ``OUT/results.json``);
+    ``parallel``: see :class:`Experiment`."""
+    return Experiment(cfg, out, log, parallel=parallel).run_all(stages, dry_run)
 
 
 # ---------------------------------------------------------------------- aggregation and tables
