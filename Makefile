@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_postprocess.py
 	$(BIN)/python bench/bench_models.py --size 256 --threads 1
 	$(BIN)/python bench/bench_training.py --size 256 --threads 1
+	$(BIN)/python bench/bench_engines.py --sizes 256
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from _measure import peak_rss_mb
 
 RECIPE = ["--model", "chrnet", "--epochs", "40", "--crop", "128", "--batch-size", "4", "--lr", "1e-3",
           "--model-arg", "encoder_name=resnet18", "--model-arg", "decoder_channels=[64,32,32,16,16]",
@@ -96,16 +97,7 @@ def run_one(kind: str, ckpt: str, slide: str, out: str, batch: int, workers: int
     return {"wall_s": time.perf_counter() - t0, "model_s": s["model_seconds"], "tiles": s["tiles"],
             "mm2": s["tissue_area_mm2"], "nuclei": s["nuclei"], "seams": s["seams"],
             "geojson_mb": (Path(out) / "nuclei.geojson").stat().st_size / 2**20,
-            "peak_rss_mb": _peak_rss_mb()}
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident set (``VmHWM``: of its own address space; ``ru_maxrss``
-    would keep the parent's resident set from before ``exec``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _in_process(args: list[str]) -> dict:

@@ -5,7 +5,7 @@
    on both slides (the tissue pass's border costs a smaller share of a larger slide).
 2. End-to-end time / the model's forward time (reading, decoding and writing hidden
    behind the model).
-3. Peak memory (RSS) of a slide with 4× the area / the smaller slide's (each in its own
+3. Peak memory (``VmHWM``) of a slide with 4× the area / the smaller slide's (each in its own
    process).
 4. mm² per minute and tiles per second.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from _measure import peak_rss_mb
 
 
 def _checkpoint(root: Path, tile: int, encoder: str, slide: Path, foreground: float) -> Path:
@@ -82,7 +83,7 @@ def run_one(ckpt: str, slide: str, out: str, context: str, batch: int, workers: 
     s = sp.predict_slide(slide, out, SlideOptions(batch_size=batch, workers=workers, progress=False, images=False,
                                                   formats=("parquet",), context=context))
     wall = time.perf_counter() - t0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     return {"wall_s": wall, "model_s": s["model_seconds"], "tiles": s["tiles"], "mm2": s["tissue_area_mm2"],
             "cells": s["cells"], "context": s["context"], "peak_rss_mb": rss_mb}
 

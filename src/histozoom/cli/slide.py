@@ -27,6 +27,7 @@ from ._common import (
     mpp,
     nonnegative_float,
     nonnegative_int,
+    positive_float,
     positive_int,
     print_json,
 )
@@ -74,8 +75,8 @@ def add_slide_arguments(q: argparse.ArgumentParser, what: str) -> None:
                           "cluster, or give its address; the output folder must be shared by the nodes")
     ray.add_argument("--ray-actors", type=positive_int(MAX_WORKERS), metavar="N",
                      help="model actors (default: one per GPU with --ray-gpus-per-actor, else per CPU of the cluster)")
-    ray.add_argument("--ray-cpus-per-actor", type=positive_int(MAX_WORKERS), default=1, metavar="C",
-                     help="CPUs (and torch threads) of each model actor (default 1)")
+    ray.add_argument("--ray-cpus-per-actor", type=positive_float(MAX_WORKERS), default=1.0, metavar="C",
+                     help="CPUs of each model actor, rounded for its torch threads (default 1)")
     ray.add_argument("--ray-gpus-per-actor", type=nonnegative_float(64), default=0.0, metavar="G",
                      help="GPUs of each model actor (default 0; 1 with --device cuda, or 0.5 to share one)")
     q.add_argument("--shard", type=_shard, metavar="I/N",

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..ray_cluster import connect
-from .job import SlideOptions, SlidePass, part_path
+from .job import SlideOptions, SlidePass, decode_behind, part_path
 from .reader import open_slide
 
 __all__ = ["RayOptions", "TileModel", "run_on_ray"]
@@ -48,13 +48,16 @@ class RayOptions:
     process already started), ``"auto"`` joins the running cluster, else ``ray://…`` or
     ``host:port``. ``actors``: model actors (default: one per ``cpus_per_actor`` CPUs of the
     cluster, or one per GPU with ``gpus_per_actor``); ``cpus_per_actor``: CPUs each
-    reserves (and its torch threads); ``read_cpus``: CPUs each read task reserves."""
+    reserves (rounded: its torch threads; 1.75 leaves a quarter CPU for reading beside
+    it); ``read_cpus``: CPUs each read task reserves."""
 
     address: str | None = None
     actors: int | None = None
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     read_cpus: float = 0.25
+    batches_per_call: int = 4
+    """Tile batches an actor takes per call (the decoding of one overlaps the next's forward)."""
 
     def __post_init__(self):
         if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0 or self.read_cpus <= 0:
@@ -93,8 +96,10 @@ def _read(row: dict, reader: Callable) -> dict:
 
 
 class TileModel:
-    """A Ray Data actor: one runner (one model); for each row, the batch's forward, then
-    its decoding into the journal part. Returns per row the slide, batch and model seconds."""
+    """A Ray Data actor: one runner (one model). Per call, a few rows (tile batches): each
+    batch's forward, with the previous batch's decoding and writing of its journal part in
+    a thread beside it (:func:`~.job.decode_behind`, as in a local run). Returns per row the
+    slide, batch and model seconds."""
 
     def __init__(self, factory: Callable[[], Any], threads: int):
         import torch
@@ -104,15 +109,23 @@ class TileModel:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {"slide": [], "b": [], "model_s": []}
-        for i, b, tiles, job_bytes, payload in zip(batch["slide"], batch["b"], batch["tiles"], batch["job"], batch["inputs"]):
-            job = pickle.loads(job_bytes)
-            _, tmap = _open(job)
+        rows = [(int(i), int(b), [int(k) for k in tiles], pickle.loads(job_bytes))
+                for i, b, tiles, job_bytes in zip(batch["slide"], batch["b"], batch["tiles"], batch["job"])]
+        inputs = (pickle.loads(payload) for payload in batch["inputs"])
+
+        def forward(row, x):
             clock = self.runner.new_clock()
-            result = self.runner.forward_batch(pickle.loads(payload), job, clock)
-            self.runner.write_batch(part_path(job.work, int(b)), job, tmap, [int(k) for k in tiles], result)
-            out["slide"].append(int(i))
-            out["b"].append(int(b))
+            result = self.runner.forward_batch(x, row[3], clock)
+            out["slide"].append(row[0])
+            out["b"].append(row[1])
             out["model_s"].append(clock.seconds)
+            return result
+
+        def write(row, result):
+            i, b, tiles, job = row
+            self.runner.write_batch(part_path(job.work, b), job, _open(job)[1], tiles, result)
+
+        decode_behind(zip(rows, inputs), forward, write)
         return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -164,10 +177,11 @@ def run_on_ray(sp, pending: list[tuple[Path, Path, SlideOptions]], options: Slid
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = options.progress
         factory = getattr(sp, "factory", None) or _copy_of(sp)
-        threads = max(1, int(opts.cpus_per_actor))
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        threads = max(1, round(opts.cpus_per_actor))
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // opts.batches_per_call))
         ds = ds.map(_read, fn_kwargs={"reader": sp.batch_reader()}, num_cpus=opts.read_cpus)
-        ds = ds.map_batches(TileModel, batch_size=1, fn_constructor_kwargs={"factory": factory, "threads": threads},
+        ds = ds.map_batches(TileModel, batch_size=opts.batches_per_call,
+                            fn_constructor_kwargs={"factory": factory, "threads": threads},
                             compute=ray.data.ActorPoolStrategy(size=_actors(opts)), num_cpus=opts.cpus_per_actor,
                             num_gpus=opts.gpus_per_actor or None)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
