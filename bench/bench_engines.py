@@ -24,7 +24,7 @@ import time
 import torch
 
 from histozoom.inference.engines import ENGINES, engine_model
-from histozoom.models.registry import build_model
+from histozoom.models.registry import build_model, list_models
 
 VARIANTS = ("cell-only", "pred-to-inter-2", "feature-sharing", "chrnet")
 
@@ -53,14 +53,19 @@ def _model(name: str) -> torch.nn.Module:
     return build_model(name).eval()
 
 
-def _inputs(name: str, side: int) -> tuple:
+def _inputs(model: torch.nn.Module, side: int) -> tuple:
+    """Batch-1 inputs at ``side`` px: the image (CHR-Net, cell-only) or both views, the
+    OCELOT window, and a tissue mask for label leaking."""
     g = torch.Generator().manual_seed(0)
     cell = torch.rand(1, 3, side, side, generator=g)
-    if name == "chrnet":
+    cfg = model.config
+    if getattr(model, "tissue", None) is None and not getattr(cfg, "leak_tissue_labels", False):
         return (cell,)
-    if name == "cell-only":
-        return (cell,)
-    return cell, torch.rand(1, 3, side, side, generator=g), torch.tensor([[0.375, 0.375, 0.25, 0.25]])
+    tissue = torch.rand(1, 3, side, side, generator=g)
+    win = torch.tensor([[0.375, 0.375, 0.25, 0.25]])
+    if cfg.leak_tissue_labels:
+        return cell, tissue, win, torch.randint(0, 3, (1, side, side), generator=g)
+    return cell, tissue, win
 
 
 def _probs(out) -> torch.Tensor:
@@ -79,7 +84,8 @@ def flops(model: torch.nn.Module, args: tuple) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 256])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*list_models(), "chrnet"],
+                    help="default: %(default)s; any OCELOT variant, or chrnet")
     ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -92,7 +98,7 @@ def main() -> None:
     for side in a.sizes:
         for name in a.variants:
             model = _model(name)
-            args = _inputs(name, side)
+            args = _inputs(model, side)
             runners = {e: engine_model(model, e) for e in a.engines}
             with torch.inference_mode():
                 ref = _probs(model(*args))

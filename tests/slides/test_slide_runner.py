@@ -310,3 +310,26 @@ def test_cli_killed_with_sigkill_and_run_again_gives_the_same_cells(tmp_path):
     for col in ("x", "y", "class_id", "probability", "tissue_class"):
         np.testing.assert_array_equal(a[col], b[col])
     assert not (tmp_path / "killed" / "scan" / ".work").exists()
+
+
+def test_auto_batch_size_is_measured_once_and_kept_for_resume(tmp_path, monkeypatch):
+    """``batch_size=0``: 8 on a CPU; with a measured size (a stand-in for the GPU
+    measurement) the batches use it and a resumed slide keeps it whatever is free then."""
+    from histozoom.inference import device
+    from histozoom.inference.device import batch_size_for
+
+    assert batch_size_for(10e9, 3e9, 4e9) == 6  # (0.8 · 10 GB − 2 GB fixed) / 1 GB per item
+    assert batch_size_for(1e9, 3e9, 4e9) == 1 and batch_size_for(1e12, 1e6, 2e6, cap=64) == 64
+    sp = _equivariant_predictor()
+    slide = _slide(300, 340, seed=4)
+    auto = SlideOptions(**{**OPTS.__dict__, "batch_size": 0})
+    cpu = sp.predict_slide(slide, tmp_path / "cpu", auto)
+    ref = sp.predict_slide(slide, tmp_path / "ref", SlideOptions(**{**OPTS.__dict__, "batch_size": 8}))
+    assert cpu["cells"] == ref["cells"]
+    sizes = []
+    monkeypatch.setattr(device, "fit_batch_size", lambda run, dev, default, cap=256: sizes.append(run(2)) or 3)
+    prep = sp.prepare(slide, tmp_path / "gpu", auto)
+    assert sizes and all(len(g) == 3 for g in prep.job.groups[:-1])
+    monkeypatch.setattr(device, "fit_batch_size", lambda *a, **k: 5)
+    again = sp.prepare(slide, tmp_path / "gpu", auto)  # resumed: the recorded size
+    assert again.job.groups == prep.job.groups

@@ -43,6 +43,13 @@ def _formats(text: str) -> tuple[str, ...]:
     return items
 
 
+def _batch_size(text: str) -> int:
+    """``auto`` → 0 (sized from the free GPU memory), else a positive count."""
+    if text.strip().lower() == "auto":
+        return 0
+    return positive_int(MAX_BATCH_SIZE)(text)
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
@@ -63,7 +70,8 @@ def add_slide_arguments(q: argparse.ArgumentParser, what: str) -> None:
     q.add_argument("--allow-upsample", action="store_true",
                    help="run slides more than 1.5x coarser than the model's view (upsampled)")
     q.add_argument("--roi", metavar="FILE", help="region of interest: QuPath GeoJSON polygons or a mask image")
-    q.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), default=8, metavar="N", help="tiles per batch (default: 8)")
+    q.add_argument("--batch-size", type=_batch_size, default=8, metavar="N|auto",
+                   help="tiles per batch (default: 8; auto: as many as fit the free GPU memory, 8 on a CPU)")
     q.add_argument("--workers", type=nonnegative_int(MAX_WORKERS), default=2, metavar="N",
                    help="threads reading tiles ahead of the model (default: 2; 0 reads in the main thread)")
     q.add_argument("--device", default="cpu", help="torch device (default: cpu)")

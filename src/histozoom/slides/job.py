@@ -38,10 +38,12 @@ from .tiling import TileGrid
 from .tissue import roi_mask, thumbnail_mpp, tissue_mask
 
 __all__ = ["FORMATS", "UPSAMPLE_LIMIT", "ModelClock", "Prepared", "Region", "SlideOptions", "SlidePass", "SlideRunner",
-           "TilePass", "batches", "pass_jobs", "run_pass",
+           "TilePass", "batches", "pass_jobs", "run_pass", "slide_pass", "tile_batch_size",
            "check_resolution", "find_region", "predict_slides", "prefetch", "progress", "shard_of", "slide_inputs",
            "start_work"]
 
+AUTO_CPU_BATCH = 8
+"""``batch_size=0`` (auto) on a CPU, and for the tissue pass."""
 UPSAMPLE_LIMIT = 1.5
 """A slide whose level 0 is coarser than the model's finest view by more than this factor
 is refused unless ``allow_upsample``."""
@@ -61,6 +63,7 @@ class SlideOptions:
     allow_upsample: bool = False
     roi: str | Path | None = None
     batch_size: int = 8
+    """Tiles per batch; 0: sized from the free GPU memory (:func:`tile_batch_size`), :data:`AUTO_CPU_BATCH` on a CPU."""
     workers: int = 2
     formats: tuple[str, ...] = ("parquet", "geojson")
     progress: bool = True
@@ -73,8 +76,13 @@ class SlideOptions:
         bad = [f for f in self.formats if f not in FORMATS]
         if bad:
             raise ValueError(f"unknown output formats {bad}; choose from {list(FORMATS)}")
-        if self.batch_size < 1 or self.workers < 0:
-            raise ValueError("batch_size must be ≥ 1 and workers ≥ 0")
+        if self.batch_size < 0 or self.workers < 0:
+            raise ValueError("batch_size must be ≥ 1 (or 0: auto) and workers ≥ 0")
+
+    @property
+    def fixed_batch_size(self) -> int:
+        """The batch size where one must be fixed before the model is measured (the tissue pass)."""
+        return self.batch_size or AUTO_CPU_BATCH
 
 
 def check_resolution(slide: Slide, model_mpp: float, options: SlideOptions, what: str = "the model's view") -> None:
@@ -299,6 +307,41 @@ class TilePass(Protocol):
     def forward_batch(self, inputs: Any, job: SlidePass, clock: ModelClock) -> Any: ...
 
     def write_batch(self, path: Path, job: SlidePass, tmap: Any, tiles: list[int], result: Any) -> None: ...
+
+
+def tile_batch_size(runner: TilePass, slide: Slide, job: SlidePass, tmap: Any, options: SlideOptions) -> int:
+    """``options.batch_size``, or for 0 (auto) the largest batch of this slide's first tiles
+    whose forward fits the free GPU memory (:func:`~histozoom.inference.device.fit_batch_size`;
+    :data:`AUTO_CPU_BATCH` on a CPU). Kept in ``work/batch_size.json``, so a resumed slide
+    keeps its batch boundaries whatever memory is free then."""
+    if options.batch_size:
+        return options.batch_size
+    path = job.work / "batch_size.json"
+    try:
+        return int(json.loads(path.read_text())["batch_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    from ..inference.device import fit_batch_size
+
+    read, sample = runner.batch_reader(), list(job.todo[:2])
+    size = AUTO_CPU_BATCH
+    if sample:
+        def run(n: int) -> None:
+            runner.forward_batch(read(slide, job, tmap, [sample[i % len(sample)] for i in range(n)]), job, runner.new_clock())
+
+        size = fit_batch_size(run, runner.new_clock().device, AUTO_CPU_BATCH)
+    write_json(path, {"batch_size": size})
+    return size
+
+
+def slide_pass(runner: TilePass, slide: Slide, region: Region, work: Path, context: str, tmap: Any,
+               options: SlideOptions) -> SlidePass:
+    """The :class:`SlidePass` of a prepared slide: its batches (:func:`tile_batch_size`) and
+    those still to do."""
+    spec = None if tmap is None else tmap.spec()
+    probe = SlidePass(str(slide.path), slide.mpp, work, region.grid, [], list(region.tiles[:2]), context, spec)
+    groups, todo = pass_jobs(work, region.tiles, tile_batch_size(runner, slide, probe, tmap, options))
+    return SlidePass(str(slide.path), slide.mpp, work, region.grid, groups, todo, context, spec)
 
 
 def pass_jobs(work: Path, tiles: Sequence[int], batch_size: int) -> tuple[list[list[int]], list[int]]:

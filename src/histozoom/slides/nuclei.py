@@ -54,8 +54,8 @@ from .job import (
     SlidePass,
     check_resolution,
     find_region,
-    pass_jobs,
     run_pass,
+    slide_pass,
     start_work,
 )
 from .reader import Slide, open_slide
@@ -219,10 +219,7 @@ class NucleiSlidePredictor:
             tmap = stitch_tissue_map(self.tissue.probabilities, self.tissue.view, slide, region.grid, region.tiles, pad,
                                      work, options, tclock)
             clock.seconds += tclock.seconds
-        groups, todo = pass_jobs(work, region.tiles, options.batch_size)
-        job = SlidePass(str(slide.path), slide.mpp, work, region.grid, groups, todo, "",
-                        None if tmap is None else tmap.spec())
-        return Prepared(job, region, plan, tmap, clock)
+        return Prepared(slide_pass(self, slide, region, work, "", tmap, options), region, plan, tmap, clock)
 
     def finish(self, slide: Slide, prep: Prepared, out_dir: Path, options: SlideOptions, seconds: float) -> dict:
         """Seams, outputs and grades from the journal (:func:`.nuclei_outputs.finish_nuclei_slide`)."""

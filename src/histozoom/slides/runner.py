@@ -59,10 +59,10 @@ from .job import (
     SlidePass,
     check_resolution,
     find_region,
-    pass_jobs,
     predict_slides,
     run_pass,
     slide_inputs,
+    slide_pass,
     start_work,
 )
 from .reader import Slide, open_slide
@@ -165,10 +165,7 @@ class SlidePredictor:
         tmap = None
         if context == "shared" and region.tiles:
             tmap = self._tissue_pass(slide, region, work, options, clock)
-        groups, todo = pass_jobs(work, region.tiles, options.batch_size)
-        job = SlidePass(str(slide.path), slide.mpp, work, region.grid, groups, todo, context,
-                        None if tmap is None else tmap.spec())
-        return Prepared(job, region, plan, tmap, clock)
+        return Prepared(slide_pass(self, slide, region, work, context, tmap, options), region, plan, tmap, clock)
 
     def finish(self, slide: Slide, prep: Prepared, out_dir: Path, options: SlideOptions, seconds: float) -> dict:
         """The slide's outputs from its journal (:func:`.outputs.finish_slide`)."""

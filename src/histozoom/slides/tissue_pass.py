@@ -69,7 +69,7 @@ def stitch_tissue_map(probabilities: Callable[[torch.Tensor], torch.Tensor], vie
     tmap = TissueMap(work / "tissue.f16", view.channels, tg.rows * tg.core, tg.cols * tg.core, tg.origin, ts)
     done_file = work / "tissue_done.json"
     done = _read_done(done_file)
-    groups = batches(todo, options.batch_size)
+    groups = batches(todo, options.fixed_batch_size)
     device = clock.device
 
     def read(b: int) -> torch.Tensor:
