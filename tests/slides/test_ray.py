@@ -50,7 +50,12 @@ def _nuclei_ckpt(tmp_path):
     return save_pretrained(model, tmp_path / "chrnet", extra=extra)
 
 
-def test_ray_slides_equal_the_single_process_run(tmp_path, local_ray, capsys):
+def test_ray_slides_equal_the_single_process_run(tmp_path, local_ray, capsys, monkeypatch):
+    from histozoom.slides import ray_run
+
+    ray_runs = []
+    real = ray_run.run_on_ray
+    monkeypatch.setattr(ray_run, "run_on_ray", lambda *a: ray_runs.append(1) or real(*a))  # the --ray runs go through Ray
     slides = tmp_path / "slides"
     for i, seed in enumerate((1, 2)):
         assert main(["nuclei", "synth", "slide", str(slides / f"s{i}.tiff"), "--width-mm", "0.15", "--height-mm", "0.12",
@@ -90,3 +95,4 @@ def test_ray_slides_equal_the_single_process_run(tmp_path, local_ray, capsys):
             drop = ("seconds", "model_seconds", "finished")
             assert {k: v for k, v in sa.items() if k not in drop} == {k: v for k, v in sb.items() if k not in drop}
         assert not any((tmp_path / kind / "ray" / s / ".work").exists() for s in ("s0", "s1"))
+    assert len(ray_runs) == 2

@@ -38,7 +38,7 @@ from .tiling import TileGrid
 from .tissue import roi_mask, thumbnail_mpp, tissue_mask
 
 __all__ = ["FORMATS", "UPSAMPLE_LIMIT", "ModelClock", "Prepared", "Region", "SlideOptions", "SlidePass", "SlideRunner",
-           "TilePass", "batches", "pass_jobs", "run_pass", "slide_pass", "tile_batch_size",
+           "TilePass", "batches", "finish_prepared", "pass_jobs", "run_pass", "run_slide", "slide_pass", "tile_batch_size",
            "check_resolution", "find_region", "predict_slides", "prefetch", "progress", "shard_of", "slide_inputs",
            "start_work"]
 
@@ -309,9 +309,10 @@ class TilePass(Protocol):
     def write_batch(self, path: Path, job: SlidePass, tmap: Any, tiles: list[int], result: Any) -> None: ...
 
 
-def tile_batch_size(runner: TilePass, slide: Slide, job: SlidePass, tmap: Any, options: SlideOptions) -> int:
-    """``options.batch_size``, or for 0 (auto) the largest batch of this slide's first tiles
-    whose forward fits the free GPU memory (:func:`~histozoom.inference.device.fit_batch_size`;
+def tile_batch_size(runner: TilePass, slide: Slide, job: SlidePass, tmap: Any, options: SlideOptions,
+                    sample: Sequence[int]) -> int:
+    """``options.batch_size``, or for 0 (auto) the largest batch of ``sample`` tiles (this
+    slide's first ones) whose forward fits the free GPU memory (:func:`~histozoom.inference.device.fit_batch_size`;
     :data:`AUTO_CPU_BATCH` on a CPU). Kept in ``work/batch_size.json``, so a resumed slide
     keeps its batch boundaries whatever memory is free then."""
     if options.batch_size:
@@ -323,7 +324,7 @@ def tile_batch_size(runner: TilePass, slide: Slide, job: SlidePass, tmap: Any, o
         pass
     from ..inference.device import fit_batch_size
 
-    read, sample = runner.batch_reader(), list(job.todo[:2])
+    read, sample = runner.batch_reader(), list(sample)
     size = AUTO_CPU_BATCH
     if sample:
         def run(n: int) -> None:
@@ -338,16 +339,39 @@ def slide_pass(runner: TilePass, slide: Slide, region: Region, work: Path, conte
                options: SlideOptions) -> SlidePass:
     """The :class:`SlidePass` of a prepared slide: its batches (:func:`tile_batch_size`) and
     those still to do."""
-    spec = None if tmap is None else tmap.spec()
-    probe = SlidePass(str(slide.path), slide.mpp, work, region.grid, [], list(region.tiles[:2]), context, spec)
-    groups, todo = pass_jobs(work, region.tiles, tile_batch_size(runner, slide, probe, tmap, options))
-    return SlidePass(str(slide.path), slide.mpp, work, region.grid, groups, todo, context, spec)
+    job = SlidePass(str(slide.path), slide.mpp, work, region.grid, [], [], context, None if tmap is None else tmap.spec())
+    job.groups, job.todo = pass_jobs(work, region.tiles, tile_batch_size(runner, slide, job, tmap, options, region.tiles[:2]))
+    return job
 
 
 def pass_jobs(work: Path, tiles: Sequence[int], batch_size: int) -> tuple[list[list[int]], list[int]]:
     """The fixed batches of ``tiles`` and the indices of those without a journal part."""
     groups = batches(tiles, batch_size)
     return groups, [b for b in range(len(groups)) if not part_path(work, b).is_file()]
+
+
+def run_slide(runner, slide: Slide, out_dir: Path, options: SlideOptions, desc: str) -> dict:
+    """One open slide through a runner: ``prepare``, :func:`run_pass` here, then
+    :func:`finish_prepared`. Returns the summary."""
+    t_start = time.perf_counter()
+    prep = runner.prepare(slide, out_dir, options)
+    try:
+        run_pass(runner, slide, prep, options, desc)
+    except BaseException:
+        prep.close()
+        raise
+    return finish_prepared(runner, slide, prep, out_dir, options, t_start)
+
+
+def finish_prepared(runner, slide: Slide, prep: Prepared, out_dir: Path, options: SlideOptions, t_start: float) -> dict:
+    """The runner's ``finish`` of a slide whose batches are all written (``t_start``: when
+    the slide began, for its seconds); then the tissue map is closed and the journal removed."""
+    try:
+        summary = runner.finish(slide, prep, out_dir, options, time.perf_counter() - t_start)
+    finally:
+        prep.close()
+    shutil.rmtree(prep.job.work, ignore_errors=True)
+    return summary
 
 
 def run_pass(runner: TilePass, slide: Slide, prep: Prepared, options: SlideOptions, desc: str) -> None:
@@ -486,7 +510,7 @@ def predict_slides(sp: SlideRunner, inputs: Sequence[str | Path], out: str | Pat
             log(f"{path.name}: " + (sp.describe(summary) if summary.get("status") == "done"
                                     else f"{summary.get('status')}: {summary.get('error')}"))
         record(path, summary)
-    return [results[p] for p in mine if p in results]
+    return [results[p] for p in mine]
 
 
 def _row(sp: SlideRunner, summary: dict) -> dict:

@@ -31,8 +31,6 @@ Per slide (the machinery of :mod:`.job`, shared with cell detection):
 from __future__ import annotations
 
 import functools
-import shutil
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -54,7 +52,7 @@ from .job import (
     SlidePass,
     check_resolution,
     find_region,
-    run_pass,
+    run_slide,
     slide_pass,
     start_work,
 )
@@ -189,17 +187,9 @@ class NucleiSlidePredictor:
         """Run one slide (a path, or an open :class:`~.reader.Slide`, which stays open) into
         ``out_dir``; returns its summary (also ``summary.json``)."""
         options = options or SlideOptions()
-        t_start = time.perf_counter()
         owned = not isinstance(slide, Slide)
         with open_slide(slide, options.mpp) if owned else nullcontext(slide) as slide:
-            prep = self.prepare(slide, Path(out_dir), options)
-            try:
-                run_pass(self, slide, prep, options, "nuclei")
-                summary = self.finish(slide, prep, Path(out_dir), options, time.perf_counter() - t_start)
-            finally:
-                prep.close()
-        shutil.rmtree(prep.job.work, ignore_errors=True)
-        return summary
+            return run_slide(self, slide, Path(out_dir), options, "nuclei")
 
     def prepare(self, slide: Slide, out_dir: Path, options: SlideOptions) -> Prepared:
         """Region, journal and (with a tissue model) the tissue pass; the batches still to do."""

@@ -24,7 +24,6 @@ same checkpoint, device and engine) or, for a runner built by hand, a pickled co
 from __future__ import annotations
 
 import pickle
-import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..ray_cluster import connect
-from .job import SlideOptions, SlidePass, decode_behind, part_path
+from .job import SlideOptions, SlidePass, decode_behind, finish_prepared, part_path
 from .reader import open_slide
 
 __all__ = ["RayOptions", "TileModel", "run_on_ray"]
@@ -200,12 +199,7 @@ def _finisher(sp, path: Path, folder: Path, slide_opts: SlideOptions, prep, mode
         prep.clock.seconds += model_s
         prep.tmap = prep.job.open_tissue_map()
         with open_slide(path, slide_opts.mpp) as slide:
-            try:
-                summary = sp.finish(slide, prep, folder, slide_opts, time.perf_counter() - t0)
-            finally:
-                prep.close()
-        shutil.rmtree(prep.job.work, ignore_errors=True)
-        return summary
+            return finish_prepared(sp, slide, prep, folder, slide_opts, t0)
 
     return finish
 

@@ -35,8 +35,6 @@ Per slide (:meth:`SlidePredictor.predict_slide`):
 from __future__ import annotations
 
 import functools
-import shutil
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -60,7 +58,7 @@ from .job import (
     check_resolution,
     find_region,
     predict_slides,
-    run_pass,
+    run_slide,
     slide_inputs,
     slide_pass,
     start_work,
@@ -140,17 +138,9 @@ class SlidePredictor:
         """Run one slide (a path, or an open :class:`~.reader.Slide`, which stays open) into
         ``out_dir``; returns its summary (also ``summary.json``)."""
         options = options or SlideOptions()
-        t_start = time.perf_counter()
         owned = not isinstance(slide, Slide)
         with open_slide(slide, options.mpp) if owned else nullcontext(slide) as slide:
-            prep = self.prepare(slide, Path(out_dir), options)
-            try:
-                run_pass(self, slide, prep, options, "cells")
-                summary = self.finish(slide, prep, Path(out_dir), options, time.perf_counter() - t_start)
-            finally:
-                prep.close()
-        shutil.rmtree(prep.job.work, ignore_errors=True)
-        return summary
+            return run_slide(self, slide, Path(out_dir), options, "cells")
 
     def prepare(self, slide: Slide, out_dir: Path, options: SlideOptions) -> Prepared:
         """Region, journal and (shared context) the tissue pass; the cell batches still to do."""

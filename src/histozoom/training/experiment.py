@@ -205,11 +205,7 @@ class Experiment:
         A failure is recorded in ``RUN/failed.json`` and gives ``None`` (the experiment
         goes on)."""
         done = spec.done()
-        saved = spec.run_dir / TRAIN_CONFIG_FILE
-        if saved.is_file():
-            diff = TrainConfig.load(saved).differences(spec.config)
-            if diff:
-                raise InputError(saved, f"this run was made with other settings ({sorted(diff)}); use a new experiment folder")
+        self._check_settings(spec)
         if done is not None:
             return done
         if str(spec.run_dir) in self.failed:
@@ -220,17 +216,31 @@ class Experiment:
             return None
         self.log(f"run {spec.run_dir}")
         try:
-            summary = self.runner(spec.config, spec.run_dir, saved.is_file())
+            summary = self.runner(spec.config, spec.run_dir, (spec.run_dir / TRAIN_CONFIG_FILE).is_file())
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:
-            spec.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(spec.run_dir / FAILED_FILE, {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
-            self.log(f"run {spec.run_dir} failed: {type(err).__name__}: {err}")
-            self.failed.add(str(spec.run_dir))
+            self._record_failure(spec, err)
             return None
         self.trained.append(str(spec.run_dir))
         return summary if summary.get("finished") else None
+
+    @staticmethod
+    def _check_settings(spec: RunSpec) -> None:
+        """Refuse a run folder made with other settings than ``spec``'s."""
+        saved = spec.run_dir / TRAIN_CONFIG_FILE
+        if saved.is_file():
+            diff = TrainConfig.load(saved).differences(spec.config)
+            if diff:
+                raise InputError(saved, f"this run was made with other settings ({sorted(diff)}); use a new experiment folder")
+
+    def _record_failure(self, spec: RunSpec, err: BaseException) -> None:
+        """``RUN/failed.json`` with the error and its traceback; not tried again in this invocation."""
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(spec.run_dir / FAILED_FILE, {"error": f"{type(err).__name__}: {err}",
+                                                "traceback": "".join(traceback.format_exception(err))})
+        self.log(f"run {spec.run_dir} failed: {type(err).__name__}: {err}")
+        self.failed.add(str(spec.run_dir))
 
     def run_together(self, specs: Sequence[RunSpec], dry_run: bool = False) -> None:
         """With ``parallel``: train the runs of ``specs`` not yet finished all at once
@@ -240,8 +250,8 @@ class Experiment:
             return
         todo = []
         for spec in specs:
+            self._check_settings(spec)
             if spec.done() is None and str(spec.run_dir) not in self.failed and spec not in todo:
-                self.run(spec, dry_run=True)  # the settings check, and the run listed as pending
                 todo.append(spec)
         if not todo:
             return
@@ -249,15 +259,9 @@ class Experiment:
         outcomes = self.parallel([(s.config, s.run_dir, (s.run_dir / TRAIN_CONFIG_FILE).is_file()) for s in todo])
         for spec, outcome in zip(todo, outcomes):
             if isinstance(outcome, BaseException):
-                spec.run_dir.mkdir(parents=True, exist_ok=True)
-                write_json(spec.run_dir / FAILED_FILE, {"error": f"{type(outcome).__name__}: {outcome}",
-                                                        "traceback": "".join(traceback.format_exception(outcome))})
-                self.log(f"run {spec.run_dir} failed: {type(outcome).__name__}: {outcome}")
-                self.failed.add(str(spec.run_dir))
+                self._record_failure(spec, outcome)
             else:
                 self.trained.append(str(spec.run_dir))
-            if str(spec.run_dir) in self.pending:
-                self.pending.remove(str(spec.run_dir))
 
     def model_run(self, model: str, setting: Mapping[str, Any], seed: int) -> RunSpec:
         changes = {"model": model, "seed": seed, "lr": setting["lr"], "cell_lr_ratio": setting["cell_lr_ratio"],
