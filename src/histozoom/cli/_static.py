@@ -12,7 +12,8 @@ from __future__ import annotations
 MODEL_NAMES: dict[str, tuple[str, ...]] = {
     "cell-tissue": ("cell-only", "unet-cell-only", "tissue-label-leaking", "pred-to-input", "pred-to-inter-1",
                     "pred-to-inter-2", "pred-to-output", "feature-sharing", "pred-to-inter-2-no-large-fov",
-                    "pred-to-inter-2-no-tissue-labels", "feature-sharing-no-large-fov", "feature-sharing-no-tissue-labels"),
+                    "pred-to-inter-2-no-tissue-labels", "feature-sharing-no-large-fov", "feature-sharing-no-tissue-labels",
+                    "mfovce-net"),
     "nuclei": ("chrnet", "chrnet-shr", "chrnet-mhr", "chrnet-mhr-udist", "chrnet-mhr-wdist", "unet-nuclei"),
 }
 SIZE_MULTIPLES_TEXT: dict[str, str] = {"cell-tissue": "16, or 32 for unet-cell-only", "nuclei": "32"}

@@ -18,6 +18,7 @@ original image's pixels.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ._common import (
     MAX_WORKERS,
     add_engine_argument,
     mpp,
+    nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -53,7 +55,9 @@ def _size(text: str):
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect cells with a trained model (challenge JSON, CSV folder, detections table)",
                        description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, metavar="RUN", help="training run folder or save_pretrained folder")
+    p.add_argument("--checkpoint", required=True, action="append", metavar="RUN",
+                   help="training run folder or save_pretrained folder; repeat for an ensemble (probability maps "
+                        "averaged before decoding; members share classes, views and normalisation)")
     src = p.add_argument_group("input: a dataset split, or one pair of images")
     src.add_argument("--data", metavar="DIR", help="dataset folder (OCELOT release, Grand-Challenge container, own layout)")
     src.add_argument("--split", help="split of --data (default: its only split, else 'test'; a container's is 'container')")
@@ -77,6 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=probability, help="foreground probability threshold (default: the training run's, 0.5)")
     p.add_argument("--min-distance-um", type=positive_float(MAX_UM),
                    help="peak neighbourhood half-size in µm (default: the run's, 2.0)")
+    p.add_argument("--nms-radius-um", type=nonnegative_float(MAX_UM),
+                   help="point NMS radius per class after decoding, in um (default: the run's, 0 = off)")
+    p.add_argument("--fusion", choices=("adaptive", "extreme"),
+                   help="post-hoc tissue->cell fusion (Ji et al.): revise cell classes with the tissue prediction "
+                        "(the model's own tissue branch, or --tissue-checkpoint)")
+    p.add_argument("--tissue-checkpoint", metavar="RUN2",
+                   help="with --fusion: a checkpoint whose tissue branch gives the tissue prediction")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     add_engine_argument(p)
     p.add_argument("--batch-size", type=positive_int(MAX_BATCH_SIZE), default=4)
@@ -86,11 +97,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def load_tissue_model(path: str, device: str):
+    """The model of checkpoint ``path`` for its tissue branch (an error names the file when
+    it has none that predicts from the tissue view alone)."""
+    from ..errors import InputError
+    from ..models.checkpoint import from_pretrained, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    model = from_pretrained(ckpt, map_location=device)
+    if not getattr(model, "tissue_standalone", False):
+        raise InputError(ckpt, "this checkpoint has no tissue branch that predicts from the tissue view alone")
+    return model
+
+
 def run(args: argparse.Namespace) -> int:
     from ..atomic import check_output
     from ..data.open import open_dataset, pick_split
     from ..errors import InputError
-    from ..inference.decode import PeakConfig
     from ..inference.engines import resolve_engine
     from ..inference.predictor import Predictor, pair_from_images
     from ..training.loop import resolve_device
@@ -106,17 +129,21 @@ def run(args: argparse.Namespace) -> int:
             check_output(path, kind)  # before the model runs
     device = resolve_device(args.device)
     size = "train" if args.size is None else (None if args.size == "native" else args.size)
+    if args.tissue_checkpoint and not args.fusion:
+        raise InputError(args.tissue_checkpoint, "--tissue-checkpoint is used by --fusion only")
+    tissue_model = load_tissue_model(args.tissue_checkpoint, device) if args.tissue_checkpoint else None
     try:  # Predictor asks the model whether --size fits it
-        pred = Predictor.from_checkpoint(args.checkpoint, device=device, size=size, tta=args.tta,
-                                         batch_size=args.batch_size, num_workers=args.num_workers,
-                                         engine=resolve_engine(args.engine, device), compile=args.compile)
+        pred = Predictor.from_checkpoints(args.checkpoint, device=device, size=size, tta=args.tta,
+                                          batch_size=args.batch_size, num_workers=args.num_workers,
+                                          engine=resolve_engine(args.engine, device), compile=args.compile,
+                                          fusion=args.fusion, tissue_model=tissue_model)
     except InputError:
         raise
     except ValueError as e:
-        raise InputError(args.checkpoint, str(e)) from e
-    if args.threshold is not None or args.min_distance_um is not None:
-        pred.peak_cfg = PeakConfig(pred.peak_cfg.min_distance_um if args.min_distance_um is None else args.min_distance_um,
-                                   pred.peak_cfg.threshold if args.threshold is None else args.threshold)
+        raise InputError(args.checkpoint[0], str(e)) from e
+    changes = {k: v for k, v in (("min_distance_um", args.min_distance_um), ("threshold", args.threshold),
+                                 ("nms_radius_um", args.nms_radius_um)) if v is not None}
+    pred.peak_cfg = dataclasses.replace(pred.peak_cfg, **changes)
     if args.data:
         ds = open_dataset(args.data, allow_outside_paths=args.allow_outside_paths)
         split = ds.split(pick_split(ds, args.split, Path(args.data)))
@@ -140,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
         for c in pts.cls.tolist():
             per_class[result.classes.name(c)] += 1
     summary = {"images": len(result), "detections": sum(per_class.values()), "per_class": per_class,
-               "size": pred.size, "tta": len(pred.transforms) > 1, "engine": pred.engine, "outputs": written}
+               "size": pred.size, "tta": len(pred.transforms) > 1, "engine": pred.engine,
+               "checkpoints": len(args.checkpoint), "fusion": args.fusion, "outputs": written}
     if args.json:
         print_json(summary)
     else:

@@ -60,11 +60,17 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def add_slide_arguments(q: argparse.ArgumentParser, what: str) -> None:
-    """The flags every slide command shares (``what``: what it finds, for the help texts)."""
+def add_slide_arguments(q: argparse.ArgumentParser, what: str, ensemble: bool = False) -> None:
+    """The flags every slide command shares (``what``: what it finds, for the help texts;
+    ``ensemble``: ``--checkpoint`` may be repeated)."""
     q.add_argument("inputs", nargs="+", metavar="SLIDE_OR_DIR_OR_LIST",
                    help="slide files, folders of slides, or .txt lists of slide paths")
-    q.add_argument("--checkpoint", required=True, metavar="RUN", help="training run folder or save_pretrained folder")
+    if ensemble:
+        q.add_argument("--checkpoint", required=True, action="append", metavar="RUN",
+                       help="training run folder or save_pretrained folder; repeat for an ensemble "
+                            "(probability maps averaged before decoding)")
+    else:
+        q.add_argument("--checkpoint", required=True, metavar="RUN", help="training run folder or save_pretrained folder")
     q.add_argument("--out", required=True, metavar="DIR", help="output folder (one subfolder per slide)")
     q.add_argument("--mpp", type=mpp, metavar="UM", help="level-0 µm/px (for slides without it, or to override it)")
     q.add_argument("--allow-upsample", action="store_true",
@@ -129,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     slide_sub = p.add_subparsers(dest="slide_command", required=True, metavar="SLIDE_COMMAND")
     q = slide_sub.add_parser("predict", help="detect cells over whole slides", description=__doc__.splitlines()[0],
                              epilog="\n".join(__doc__.splitlines()[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_slide_arguments(q, "cell")
+    add_slide_arguments(q, "cell", ensemble=True)
     q.add_argument("--per-tile-context", action="store_true",
                    help="read each cell tile's tissue view from the pyramid instead of one shared tissue map")
     q.set_defaults(func=run_predict)

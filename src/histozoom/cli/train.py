@@ -26,6 +26,7 @@ from ._common import (
     MAX_EPOCHS,
     MAX_LR,
     MAX_SIDE,
+    MAX_UM,
     MAX_WORKERS,
     bounded_int,
     key_value,
@@ -90,6 +91,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-finder-steps", type=bounded_int(10, MAX_COUNT), metavar="N",
                    help="steps of the LR range test (--recipe default without --lr; default 100)")
     p.add_argument("--warmup", type=probability, help="warm-up fraction of the steps (--recipe default; default 0.05)")
+    tk = p.add_argument_group("challenge toolkit (the OCELOT 2023 top teams' options)")
+    tk.add_argument("--target", choices=("disk", "gaussian"),
+                    help="disk: class disks + the segmentation loss (default, the paper's); gaussian: heatmaps "
+                         "(sigma 1.14 um) with sigmoid outputs and MSE, decoded on the smoothed heatmap")
+    tk.add_argument("--normalize", choices=("none", "percentile", "macenko"),
+                    help="input normalisation of both views: per-channel 1-99 percentile scaling, or Macenko stain "
+                         "normalisation fitted on the tissue view (default none; prediction repeats it)")
+    tk.add_argument("--sampling", choices=("uniform", "class-balanced"),
+                    help="draw training pairs uniformly (default) or weighted towards rare cell classes")
+    tk.add_argument("--folds", type=bounded_int(2, 100), metavar="K",
+                    help="K slide-grouped, organ-stratified folds of the training split: train on K-1, validate on --fold")
+    tk.add_argument("--fold", type=nonnegative_int(99), metavar="I", help="the validation fold, 0..K-1 (default 0)")
+    tk.add_argument("--split-seed", type=seed, metavar="S", help="seed that deals the folds (default 0)")
+    tk.add_argument("--retrain-all", action="store_const", const=True,
+                    help="final retrain on the training and validation splits together (no validation; last epoch kept)")
+    tk.add_argument("--peak-threshold", type=probability,
+                    help="foreground threshold of the decoding (default: 0.5 for disks, 0.3 for heatmaps)")
+    tk.add_argument("--nms-radius-um", type=nonnegative_float(MAX_UM),
+                    help="point NMS radius per class after decoding, in um (default 0 = off)")
     p.add_argument("--seed", type=seed, help="seed (default 0)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--num-workers", type=nonnegative_int(MAX_WORKERS),
@@ -111,6 +131,9 @@ _FIELDS = {
     "tissue_weight": "tissue_weight", "no_tissue_loss": "no_tissue_loss", "no_large_fov": "no_large_fov",
     "seed": "seed", "device": "device", "bn_recalibration": "bn_recalibration", "num_workers": "num_workers",
     "max_train_batches": "max_train_batches", "allow_outside_paths": "allow_outside_paths",
+    "target": "target", "normalize": "normalize", "sampling": "sampling", "folds": "folds", "fold": "fold",
+    "split_seed": "split_seed", "retrain_all": "retrain_all", "peak_threshold": "peak_threshold",
+    "nms_radius_um": "peak_nms_radius_um",
 }
 
 

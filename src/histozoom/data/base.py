@@ -45,6 +45,12 @@ class DatasetSpec:
         )
 
 
+def slide_name(value, sample_id: str) -> str:
+    """A sample's slide: ``value`` when it is a non-empty string, else the sample's own id
+    (each such sample is then a slide of its own)."""
+    return value if isinstance(value, str) and value else str(sample_id)
+
+
 class PairSplit(Sequence[Pair], ABC):
     """The pairs of one split, loaded lazily; ``ids`` are sorted sample ids.
 
@@ -61,6 +67,13 @@ class PairSplit(Sequence[Pair], ABC):
 
     @abstractmethod
     def load(self, sample_id: str) -> Pair: ...
+
+    def slide_and_organ(self, sample_id: str) -> tuple[str, str | None]:
+        """The slide a sample was cut from (``meta["slide_name"]``; its own id when the
+        source does not say) and its organ, for grouped splits (:mod:`histozoom.data.splits`).
+        Readers override this to answer from their metadata without decoding images."""
+        pair = self.load(sample_id)
+        return slide_name(pair.meta.get("slide_name"), sample_id), pair.organ
 
     def points(self, sample_id: str) -> Points | None:
         """Ground-truth cell points (cell frame) without decoding images, where cheap."""

@@ -2,9 +2,12 @@
 
 Layout::
 
-    ROOT/images/cell_patches/000.tif     N cell views stacked along the height axis
-    ROOT/images/tissue_patches/000.tif   N tissue views stacked the same way
-    ROOT/metadata.json                   a JSON list; entry k describes pair k
+    ROOT/images/cell_patches/<name>.tif     N cell views stacked along the height axis
+    ROOT/images/tissue_patches/<name>.tif   N tissue views stacked the same way
+    ROOT/metadata.json                      a JSON list; entry k describes pair k
+
+Each folder holds exactly one TIFF, of any name (the platform names it by a UUID; the
+released sample and :func:`write_container` use ``000.tif``).
 
 Each metadata entry has the release's per-sample keys (``cell``/``tissue`` boxes with
 ``resized_mpp_x/y``, ``patch_x_offset/patch_y_offset``, ``organ``...). Pair ``k`` is the
@@ -22,17 +25,32 @@ import numpy as np
 from ..errors import InputError
 from ..jsonio import read_json
 from ..pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES, Pair
-from .base import DatasetSpec, PairSplit
+from .base import DatasetSpec, PairSplit, slide_name
 from .io import read_rgb
 from .ocelot_release import _mpp, check_box_size, placement_from_entry
 
 CELL_TIFF = Path("images/cell_patches/000.tif")
 TISSUE_TIFF = Path("images/tissue_patches/000.tif")
+"""Where :func:`write_container` puts the stacks (Grand-Challenge itself names them by a UUID)."""
+CELL_FOLDER, TISSUE_FOLDER = CELL_TIFF.parent, TISSUE_TIFF.parent
+
+
+def stack_file(root: str | Path, folder: Path) -> Path:
+    """The one ``.tif``/``.tiff`` in ``root/folder`` (any name: the platform uses UUIDs);
+    an error names the folder when there is none or more than one."""
+    d = Path(root) / folder
+    found = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in (".tif", ".tiff")) if d.is_dir() else []
+    if len(found) != 1:
+        what = "no .tif file" if not found else f"{len(found)} .tif files ({', '.join(p.name for p in found[:3])})"
+        raise InputError(d, f"expected exactly one stacked TIFF of all pairs, found {what}")
+    return found[0]
 
 
 def is_container_dir(root: str | Path) -> bool:
     root = Path(root)
-    return (root / CELL_TIFF).is_file() and (root / "metadata.json").is_file()
+    cells = root / CELL_FOLDER
+    return (root / "metadata.json").is_file() and cells.is_dir() and any(
+        p.suffix.lower() in (".tif", ".tiff") for p in cells.iterdir())
 
 
 class GrandChallengeContainer(PairSplit):
@@ -56,8 +74,14 @@ class GrandChallengeContainer(PairSplit):
     def ids(self) -> list[str]:
         return [f"{k:03d}" for k in range(len(self.metadata))]
 
-    def _stack(self, rel: Path) -> tuple[np.ndarray, int]:
-        path = self.root / rel
+    def slide_and_organ(self, sample_id: str) -> tuple[str, str | None]:
+        entry = self.metadata[int(sample_id)] if sample_id.isdigit() and int(sample_id) < len(self.metadata) else None
+        if not isinstance(entry, dict):
+            raise InputError(self.metadata_path, f"no entry for pair {sample_id}")
+        return slide_name(entry.get("slide_name"), sample_id), entry.get("organ")
+
+    def _stack(self, folder: Path) -> tuple[np.ndarray, int]:
+        path = stack_file(self.root, folder)
         arr = read_rgb(path)
         n = len(self.metadata)
         if arr.shape[0] % n:
@@ -70,11 +94,11 @@ class GrandChallengeContainer(PairSplit):
 
     @cached_property
     def _cells(self) -> tuple[np.ndarray, int]:
-        return self._stack(CELL_TIFF)
+        return self._stack(CELL_FOLDER)
 
     @cached_property
     def _tissues(self) -> tuple[np.ndarray, int]:
-        return self._stack(TISSUE_TIFF)
+        return self._stack(TISSUE_FOLDER)
 
     def load(self, sample_id: str) -> Pair:
         k = int(sample_id)

@@ -34,7 +34,7 @@ from ..pair import (
     Pair,
     Points,
 )
-from .base import DatasetSpec, PairSplit
+from .base import DatasetSpec, PairSplit, slide_name
 from .checks import check_mpp, class_set, excerpt
 from .io import read_image_size, read_label_map, read_points_csv, read_rgb, write_image, write_points_csv
 
@@ -131,6 +131,10 @@ class OcelotReleaseSplit(PairSplit):
         if entry is None:
             raise InputError(self.release.metadata_path, f"no metadata entry for sample {sample_id!r}")
         return entry
+
+    def slide_and_organ(self, sample_id: str) -> tuple[str, str | None]:
+        entry = self.entry(sample_id)
+        return slide_name(entry.get("slide_name"), sample_id), entry.get("organ")
 
     def cell_csv(self, sample_id: str) -> Path:
         return self.release.root / "annotations" / self.name / "cell" / f"{sample_id}.csv"

@@ -12,12 +12,14 @@
 
 ``ROOT/pairs.csv`` has a header and one row per pair; paths are relative to ROOT::
 
-    split,id,cell_image,tissue_image,centre_x,centre_y[,cell_points][,tissue_mask][,organ][,cell_mpp][,tissue_mpp]
+    split,id,cell_image,tissue_image,centre_x,centre_y[,cell_points][,tissue_mask][,organ][,slide][,cell_mpp][,tissue_mpp]
 
 ``centre_x/centre_y`` are the cell window's centre as fractions of the tissue image
 (like OCELOT's ``patch_x_offset/patch_y_offset``). ``cell_points`` is a CSV of
 ``x,y,class`` in cell pixels; ``tissue_mask`` a label image in the tissue frame. Empty
-optional cells mean "not available". Per-row mpp columns override the file's values.
+optional cells mean "not available". ``slide`` names the slide a pair was cut from (pairs of
+one slide are kept in one fold by :mod:`histozoom.data.splits`; default: the pair's own id).
+Per-row mpp columns override the file's values.
 
 Every path (``pairs:`` and the file columns) must resolve, symlinks followed, inside
 ROOT; ``../``, absolute paths and symlinks out of ROOT are refused unless the dataset is
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -39,7 +42,7 @@ from ..errors import InputError
 from ..geometry import Placement
 from ..jsonio import read_json, read_text
 from ..pair import UNKNOWN, Pair
-from .base import DatasetSpec, PairSplit
+from .base import DatasetSpec, PairSplit, slide_name
 from .checks import check_mpp, class_set, excerpt, resolve_inside
 from .io import read_label_map, read_points_csv, read_rgb
 
@@ -162,6 +165,12 @@ class OwnSplit(PairSplit):
     def ids(self) -> list[str]:
         return sorted(self._rows)
 
+    def slide_and_organ(self, sample_id: str) -> tuple[str, str | None]:
+        row = self._rows.get(sample_id)
+        if row is None:
+            raise InputError(self.dataset.index_path, f"no pair {sample_id!r} in split {self.name!r}")
+        return slide_name(row.fields.get("slide"), sample_id), row.fields.get("organ") or None
+
     def _float(self, row: _Row, key: str, default: float | None = None) -> float:
         value = row.fields.get(key, "")
         if value == "" and default is not None:
@@ -200,17 +209,18 @@ class OwnSplit(PairSplit):
         return Pair(
             id=sample_id, cell_image=cell, tissue_image=tissue, placement=placement,
             cell_points=points, tissue_mask=mask, organ=f.get("organ") or None,
-            cell_mpp=cell_mpp, tissue_mpp=tissue_mpp, meta={"split": self.name},
+            cell_mpp=cell_mpp, tissue_mpp=tissue_mpp,
+            meta={"split": self.name, **({"slide_name": f["slide"]} if f.get("slide") else {})},
         )
 
 
-def write_own_dataset(root: str | Path, spec: DatasetSpec, pairs_by_split: dict[str, list[Pair]]) -> Path:
+def write_own_dataset(root: str | Path, spec: DatasetSpec, pairs_by_split: dict[str, Iterable[Pair]]) -> Path:
     """Write pairs in the own-data layout (PNG images, CSV points); returns the descriptor path."""
     from ..atomic import atomic_open, write_text
     from .io import write_image, write_points_csv
 
     root = Path(root)
-    header = list(REQUIRED_COLUMNS) + ["cell_points", "tissue_mask", "organ", "cell_mpp", "tissue_mpp"]
+    header = list(REQUIRED_COLUMNS) + ["cell_points", "tissue_mask", "organ", "slide", "cell_mpp", "tissue_mpp"]
     lines = []
     for split, pairs in pairs_by_split.items():
         for p in pairs:
@@ -227,7 +237,7 @@ def write_own_dataset(root: str | Path, spec: DatasetSpec, pairs_by_split: dict[
                 write_image(root / mask, p.tissue_mask)
             cx, cy = p.placement.centre_frac
             lines.append([split, p.id, f"{base}_cell.png", f"{base}_tissue.png", repr(cx), repr(cy), pts, mask,
-                          p.organ or "", repr(p.cell_mpp), repr(p.tissue_mpp)])
+                          p.organ or "", p.meta.get("slide_name") or "", repr(p.cell_mpp), repr(p.tissue_mpp)])
     with atomic_open(root / "pairs.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from ..pair import UNKNOWN, Pair
 from .base import PairSplit
+from .normalize import normalize_pair
 from .targets import (
     DISK_RADIUS_UM,
     GAUSSIAN_SIGMA_UM,
@@ -71,12 +72,15 @@ class SampleConfig:
     ``size``: resize both views to this many pixels per side (None: keep).
     ``disk_radius_um``/``sigma_um``: target geometry in µm (converted with each pair's mpp).
     ``heatmaps``: also produce Gaussian heatmaps.
+    ``normalize``: input normalisation of both views (:mod:`histozoom.data.normalize`),
+    applied to the stored pair before resizing.
     """
 
     size: int | None = None
     disk_radius_um: float = DISK_RADIUS_UM
     sigma_um: float = GAUSSIAN_SIGMA_UM
     heatmaps: bool = False
+    normalize: str = "none"
 
 
 def image_tensor(img: np.ndarray) -> torch.Tensor:
@@ -124,7 +128,7 @@ class PairDataset(Dataset):
         return len(self.split)
 
     def load_pair(self, index: int) -> Pair:
-        pair = self.split[index]
+        pair = normalize_pair(self.split[index], self.cfg.normalize)
         if self.cfg.size is not None:
             pair = resize_pair(pair, (self.cfg.size, self.cfg.size), (self.cfg.size, self.cfg.size))
         return pair

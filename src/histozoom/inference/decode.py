@@ -14,6 +14,12 @@ channel ``1 + k`` the k-th cell class of the dataset's ``ClassSet``. Decoding:
    and ties;
 3. class = argmax over the cell channels at the peak; confidence = that class's probability.
 
+Heatmap models (``train --target gaussian``) give ``(1 + C)`` maps of the same form
+(:func:`~histozoom.models.cell_tissue.cell_probability_map`: channel ``1 + k`` the class
+heatmap, channel 0 one minus their maximum). ``PeakConfig.smooth_um > 0`` smooths the
+foreground map with a Gaussian of that σ before step 2 (:func:`smooth_foreground`);
+classes and confidences are still read from the unsmoothed maps at the peaks.
+
 :func:`find_peaks` is the NumPy/SciPy path (it calls scikit-image's public
 ``peak_local_max``); :func:`find_peaks_torch` does the neighbourhood maximum with
 ``max_pool2d`` for whole batches on any device and the spacing with :func:`keep_spaced_grid`
@@ -37,13 +43,32 @@ from ..pair import ClassSet, Points
 @dataclass(frozen=True)
 class PeakConfig:
     """``min_distance_um``: half-size of the peak neighbourhood in µm (converted with the
-    map's mpp, at least 1 px); ``threshold``: minimum foreground probability."""
+    map's mpp, at least 1 px); ``threshold``: minimum foreground probability;
+    ``smooth_um``: σ in µm of the Gaussian smoothing of the foreground map before peak
+    finding (0 = none); ``nms_radius_um``: point NMS radius in µm after decoding
+    (:func:`point_nms`; 0 = none)."""
 
     min_distance_um: float = 2.0
     threshold: float = 0.5
+    smooth_um: float = 0.0
+    nms_radius_um: float = 0.0
 
     def min_distance_px(self, mpp: float) -> int:
         return max(1, int(round(self.min_distance_um / mpp)))
+
+
+def smooth_foreground(fg: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """``(B, H, W)`` maps convolved with a normalised Gaussian of ``sigma_px`` (truncated at
+    3σ, separable, edges replicated); unchanged when ``sigma_px`` is below 0.1 px."""
+    if sigma_px < 0.1:
+        return fg
+    r = max(1, int(np.ceil(3 * sigma_px)))
+    x = torch.arange(-r, r + 1, dtype=torch.float32, device=fg.device)
+    k = torch.exp(-(x**2) / (2 * sigma_px**2))
+    k = (k / k.sum()).to(fg.dtype)
+    out = F.pad(fg[:, None], (r, r, r, r), mode="replicate")
+    out = F.conv2d(out, k.view(1, 1, 1, -1))
+    return F.conv2d(out, k.view(1, 1, -1, 1))[:, 0]
 
 
 def find_peaks(fg: np.ndarray, min_distance: int, threshold: float) -> np.ndarray:
@@ -161,14 +186,37 @@ def detections_at(prob: np.ndarray, peaks: np.ndarray, classes: ClassSet) -> Poi
     return Points(np.column_stack([c, r]).astype(np.float64), ids, np.clip(conf, 0.0, 1.0))
 
 
+def point_nms(points: Points, radius_px: float) -> Points:
+    """Per class, the detections that survive greedy NMS: visited by descending
+    probability (ties in input order), a detection is dropped when an already kept one of
+    its class lies at Euclidean distance strictly less than ``radius_px`` (the spacing
+    rule of :func:`keep_spaced` with ``p = 2``; close pairs from a KD-tree). Kept
+    detections stay in input order."""
+    if len(points) < 2 or not radius_px > 0:
+        return points
+    keep = np.zeros(len(points), dtype=bool)
+    for c in np.unique(points.cls):
+        idx = np.flatnonzero(points.cls == c)
+        order = idx[np.argsort(-points.prob[idx], kind="stable")]
+        keep[order[keep_spaced(points.xy[order], radius_px, p_norm=2)]] = True
+    return points.subset(keep)
+
+
+def _nms(points: Points, cfg: PeakConfig, mpp: float) -> Points:
+    return point_nms(points, cfg.nms_radius_um / mpp) if cfg.nms_radius_um > 0 else points
+
+
 def decode_cells(prob: np.ndarray, classes: ClassSet, cfg: PeakConfig = PeakConfig(), mpp: float = 0.2) -> Points:
     """Detections (cell-frame pixels) from one ``(1 + C, H, W)`` probability map."""
     fg = 1.0 - prob[0]
-    return detections_at(prob, find_peaks(fg, cfg.min_distance_px(mpp), cfg.threshold), classes)
+    if cfg.smooth_um > 0:
+        fg = smooth_foreground(torch.from_numpy(np.ascontiguousarray(fg, np.float32))[None], cfg.smooth_um / mpp)[0].numpy()
+    return _nms(detections_at(prob, find_peaks(fg, cfg.min_distance_px(mpp), cfg.threshold), classes), cfg, mpp)
 
 
 def decode_cells_torch(prob: torch.Tensor, classes: ClassSet, cfg: PeakConfig = PeakConfig(), mpp: float = 0.2) -> list[Points]:
     """:func:`decode_cells` for a batch ``(B, 1 + C, H, W)`` on any device."""
-    peaks = find_peaks_torch(1.0 - prob[:, 0], cfg.min_distance_px(mpp), cfg.threshold)
+    fg = smooth_foreground(1.0 - prob[:, 0], cfg.smooth_um / mpp) if cfg.smooth_um > 0 else 1.0 - prob[:, 0]
+    peaks = find_peaks_torch(fg, cfg.min_distance_px(mpp), cfg.threshold)
     prob_np = prob.float().cpu().numpy()
-    return [detections_at(prob_np[b], p, classes) for b, p in enumerate(peaks)]
+    return [_nms(detections_at(prob_np[b], p, classes), cfg, mpp) for b, p in enumerate(peaks)]

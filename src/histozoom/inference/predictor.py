@@ -46,10 +46,12 @@ from ..atomic import atomic_dir, atomic_open, check_output
 from ..data.augment import flip_pair_lr, rot90_pair
 from ..data.base import DatasetSpec, PairSplit
 from ..data.challenge_json import challenge_document, image_name, write_challenge_points
+from ..data.normalize import normalize_pair
 from ..data.samples import image_tensor, resize_pair
 from ..data.targets import tissue_mask_in_cell_frame
 from ..errors import InputError
 from ..geometry import Placement
+from ..models.cell_tissue import cell_probability_map
 from ..pair import (
     OCELOT_CELL_CLASSES,
     OCELOT_TISSUE_CLASSES,
@@ -234,8 +236,9 @@ class _PairViews(Dataset):
     """Loads, resizes, pads and transforms pairs; one item per pair (no stacking)."""
 
     def __init__(self, pairs: Sequence[Pair] | PairSplit, size: int | None, transforms, mask: str | None,
-                 multiples: tuple[int, int] = (1, 1)):
+                 multiples: tuple[int, int] = (1, 1), normalize: str = "none"):
         self.pairs = pairs
+        self.normalize = normalize
         self.size = size
         self.transforms = transforms
         self.mask = mask  # None, "tissue" (tissue-frame mask) or "cell" (cropped to the window)
@@ -245,7 +248,7 @@ class _PairViews(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, k: int) -> dict:
-        pair = self.pairs[k]
+        pair = normalize_pair(self.pairs[k], self.normalize)
         orig = pair.cell_size
         if self.size is not None:
             pair = resize_pair(pair, (self.size, self.size), (self.size, self.size))
@@ -284,7 +287,11 @@ class Predictor:
     ``peak_cfg``: decoding. ``tta``: average over the 8 flips/rotations (or give a list
     of ``(flip, k)``). ``amp``: bf16 autocast (default: on CUDA). ``engine``: what runs
     the network (:data:`~histozoom.inference.engines.ENGINES`; non-torch engines on the CPU);
-    ``compile``: ``torch.compile`` its forward (torch engine).
+    ``compile``: ``torch.compile`` its forward (torch engine). ``normalize``: the input
+    normalisation the model was trained with (:mod:`histozoom.data.normalize`; from the
+    checkpoint by :meth:`from_checkpoint`). The model's ``cell_output`` (softmax, heatmap
+    or, for an :class:`~histozoom.inference.ensemble.EnsembleNet`, probabilities) says how
+    its ``cell_logits`` become the probability map (:func:`~histozoom.models.cell_tissue.cell_probability_map`).
     """
 
     def __init__(
@@ -300,6 +307,10 @@ class Predictor:
         amp: bool | None = None,
         engine: str = "torch",
         compile: bool = False,
+        normalize: str = "none",
+        fusion: str | None = None,
+        tissue_model: torch.nn.Module | None = None,
+        fusion_mapping: dict[int, int] | None = None,
     ):
         from .device import maybe_compile
         from .engines import engine_model
@@ -310,6 +321,8 @@ class Predictor:
             raise ValueError(f"size must be a multiple of {both_m} (the input size multiple of model "
                              f"{name!r}), got {size}")
         self.multiples = (cell_m, tissue_m)
+        self.normalize = normalize
+        self.cell_output = getattr(model, "cell_output", "softmax")
         self.device = torch.device(device)
         self.engine = engine
         self.model = engine_model(model, engine).to(self.device)
@@ -326,6 +339,33 @@ class Predictor:
         self.mask = None
         if cfg is not None and getattr(cfg, "leak_tissue_labels", False):
             self.mask = "cell" if getattr(cfg, "tissue_input", "tissue") == "cell" else "tissue"
+        self._setup_fusion(fusion, tissue_model, fusion_mapping)
+
+    def _setup_fusion(self, fusion: str | None, tissue_model: torch.nn.Module | None,
+                      mapping: dict[int, int] | None) -> None:
+        """Post-hoc tissue→cell fusion (:mod:`~histozoom.inference.fusion`): the tissue
+        probabilities come from ``tissue_model.tissue_probabilities`` when given, else from
+        the model's own tissue branch."""
+        from .fusion import FUSIONS, default_mapping, vote_matrix
+
+        self.fusion = fusion
+        self.tissue_model = tissue_model
+        if fusion is None:
+            return
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if tissue_model is None and getattr(self.model, "tissue", None) is None:
+            raise ValueError("fusion needs a tissue prediction: the model has no tissue branch; "
+                             "give a tissue model (a checkpoint with a tissue branch)")
+        if tissue_model is not None and not getattr(tissue_model, "tissue_standalone", False):
+            raise ValueError("the tissue model must predict tissue from the tissue view alone "
+                             "(a checkpoint whose tissue branch reads no cell features or labels)")
+        tissue_classes = self.spec.tissue_classes
+        if tissue_classes is None:
+            raise ValueError("fusion needs the model's tissue classes (its training dataset had none)")
+        mapping = mapping if mapping is not None else default_mapping(self.spec.cell_classes, tissue_classes)
+        self.votes = vote_matrix(mapping, self.spec.cell_classes, tissue_classes)
+        self.tissue_model = None if tissue_model is None else tissue_model.to(self.device).eval()
 
     @property
     def classes(self) -> ClassSet:
@@ -337,18 +377,38 @@ class Predictor:
         """A predictor for a saved model: ``path`` is a training run folder (its
         ``best.ckpt``) or a ``save_pretrained`` folder. ``size="train"`` (default) predicts
         at the size the model was trained at (recorded in the checkpoint); ``None`` at the
-        stored size; an int at that size. Peak settings default to the training run's."""
+        stored size; an int at that size. Peak settings and input normalisation default to
+        the training run's."""
         from ..models.checkpoint import from_pretrained, load_config, resolve_checkpoint
 
         ckpt = resolve_checkpoint(path)
         _, meta = load_config(ckpt)
-        extra = meta.get("extra") or {}
-        model = from_pretrained(ckpt, map_location=device)
+        return cls._with_extra(from_pretrained(ckpt, map_location=device), meta.get("extra") or {}, device, size,
+                               kwargs)
+
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], device: str = "cpu", size: int | None | str = "train",
+                         **kwargs) -> Predictor:
+        """One checkpoint: :meth:`from_checkpoint`. Several: their ensemble
+        (:class:`~histozoom.inference.ensemble.EnsembleNet`, probability maps averaged
+        before decoding), with the first member's classes, size, peak settings and
+        normalisation (the members must share them)."""
+        if len(paths) == 1:
+            return cls.from_checkpoint(paths[0], device=device, size=size, **kwargs)
+        from .ensemble import load_ensemble, member_extras
+
+        extra = member_extras(paths[:1])[0][1]
+        return cls._with_extra(load_ensemble(paths, device), extra, device, size, kwargs)
+
+    @classmethod
+    def _with_extra(cls, model: torch.nn.Module, extra: dict, device: str, size: int | None | str,
+                    kwargs: dict) -> Predictor:
         spec = DatasetSpec.from_dict(extra["spec"]) if extra.get("spec") else None
         if size == "train":
             size = extra.get("size")
         if "peak_cfg" not in kwargs and extra.get("peak"):
             kwargs["peak_cfg"] = PeakConfig(**extra["peak"])
+        kwargs.setdefault("normalize", extra.get("normalize", "none"))
         return cls(model, spec, size=size, device=device, **kwargs)
 
     # ------------------------------------------------------------------ running
@@ -366,7 +426,16 @@ class Predictor:
             tissue = tissue.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             out = self.net(cell, tissue, batch["windows"], batch.get("tissue_mask"))
-        return out["cell_logits"].float().softmax(dim=1)
+            prob = cell_probability_map(out["cell_logits"], self.cell_output)
+            if self.fusion is None:
+                return prob
+            t = (self.tissue_model.tissue_probabilities(tissue) if self.tissue_model is not None
+                 else out["tissue_logits"].float().softmax(dim=1))
+        from ..geometry import tissue_to_cell
+        from .fusion import fuse
+
+        t_cell = tissue_to_cell(t.float(), batch["windows"], tuple(prob.shape[-2:]), mode="bilinear")
+        return fuse(prob, t_cell, self.votes, self.fusion)
 
     def _probabilities(self, items: list[dict]) -> list[torch.Tensor]:
         """Averaged (TTA) probability maps per item, in the (padded) model frame."""
@@ -390,7 +459,7 @@ class Predictor:
         return pts.with_xy(to_original(pts.xy, (mw, mh), item["orig_size"]))
 
     def _run(self, pairs: Sequence[Pair] | PairSplit, progress: bool = False, desc: str = "predict"):
-        ds = _PairViews(pairs, self.size, self.transforms, self.mask, self.multiples)
+        ds = _PairViews(pairs, self.size, self.transforms, self.mask, self.multiples, self.normalize)
         loader = DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             collate_fn=_as_list, persistent_workers=False, pin_memory=self.device.type == "cuda")
         was_training = self.model.training

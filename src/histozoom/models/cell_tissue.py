@@ -13,7 +13,10 @@ Inputs (batched, float):
 Outputs (``dict``):
 
 * ``"cell_logits"``  ``(B, n_cell_classes + 1, Hc, Wc)``: channel 0 = background, channel
-  ``k`` = cell class id ``k`` (OCELOT: 1 = BC, 2 = TC).
+  ``k`` = cell class id ``k`` (OCELOT: 1 = BC, 2 = TC). With ``cell_output="heatmap"``
+  (Gaussian targets) ``(B, n_cell_classes, Hc, Wc)`` heatmap logits, channel ``k - 1`` =
+  class id ``k``; :func:`cell_probability_map` turns either into the ``(1 + C)``
+  probability map that decoding reads.
 * ``"tissue_logits"`` ``(B, n_tissue_classes, Ht, Wt)`` when the model has a tissue branch:
   channel ``k`` = tissue class id ``k + 1`` (OCELOT: channel 0 = BG (1), channel 1 = CA (2));
   there is no channel for the ignore label 255 (unknown).
@@ -79,6 +82,28 @@ from .unet import UNetBranch
 SHARE_MODES: tuple[str, ...] = ("none", "t2c", "c2t", "both")
 """Exchange at one boundary: none, tissue→cell, cell→tissue, or both directions."""
 
+CELL_OUTPUTS: tuple[str, ...] = ("softmax", "heatmap", "probabilities")
+"""What ``cell_logits`` holds, by a model's ``cell_output``: softmax logits over background +
+classes; per-class heatmap logits (sigmoid); or already the ``(1 + C)`` probability map
+(ensembles, :class:`~histozoom.inference.ensemble.EnsembleNet`)."""
+
+
+def cell_probability_map(logits: torch.Tensor, cell_output: str = "softmax") -> torch.Tensor:
+    """``(B, 1 + C, H, W)`` float32 cell map of a model's ``cell_logits``: for "softmax" its
+    softmax; for "heatmap" channel ``1 + k`` = ``sigmoid(logits[:, k])`` and channel 0 = one
+    minus their maximum (so decoding's foreground ``1 - p_0`` is the strongest heatmap);
+    "probabilities" as given."""
+    logits = logits.float()
+    if cell_output == "softmax":
+        return logits.softmax(dim=1)
+    if cell_output == "heatmap":
+        heat = logits.sigmoid()
+        return torch.cat([1.0 - heat.amax(dim=1, keepdim=True), heat], dim=1)
+    if cell_output == "probabilities":
+        return logits
+    raise ValueError(f"cell_output must be one of {CELL_OUTPUTS}, got {cell_output!r}")
+
+
 SHARE_POSITIONS: tuple[str, ...] = ("encoder", "aspp", "decoder")
 """The three boundaries where feature sharing may happen (order of ``sharing``)."""
 
@@ -139,6 +164,8 @@ class CellTissueConfig(DictConfig):
         branch reads the cell view; windows are the full extent).
     tissue_supervised: ``False`` = train without the tissue loss (Table 7 ablation); read
         by the trainer, the model does not use it.
+    cell_output: "softmax" (background + classes, disk targets) or "heatmap" (one channel
+        per class, Gaussian targets); see :func:`cell_probability_map`.
     """
 
     name: str = "cell-only"
@@ -160,6 +187,7 @@ class CellTissueConfig(DictConfig):
     share_channels: int | None = None
     tissue_input: str = "tissue"
     tissue_supervised: bool = True
+    cell_output: str = "softmax"
 
     def __post_init__(self):
         # lists (JSON) become tuples; anything else is left for _problems to name
@@ -195,6 +223,7 @@ class CellTissueConfig(DictConfig):
             yield f"sharing must be a list of {len(SHARE_POSITIONS)} strings from {SHARE_MODES}, got {self.sharing!r}"
         yield int_problem("share_channels", self.share_channels, 1, MAX_CHANNELS, optional=True)
         yield str_problem("tissue_input", self.tissue_input)
+        yield str_problem("cell_output", self.cell_output)
 
     def _problems(self) -> Iterable[str]:
         if self.architecture not in ARCHITECTURES:
@@ -209,6 +238,8 @@ class CellTissueConfig(DictConfig):
             yield "inject needs the whole tissue prediction before the cell branch runs, so no c2t sharing"
         if self.architecture == "unet" and (self.inject not in (None, "input") or any(s != "none" for s in self.sharing)):
             yield "the U-Net branch takes extra channels at 'input' only (no inter/output injection, no sharing)"
+        if self.cell_output not in ("softmax", "heatmap"):
+            yield f"cell_output must be 'softmax' or 'heatmap', got {self.cell_output!r}"
         if self.tissue_input not in ("tissue", "cell"):
             yield f"tissue_input must be 'tissue' or 'cell', got {self.tissue_input!r}"
         if self.tissue_input == "cell" and not (self.tissue_branch or self.leak_tissue_labels):
@@ -296,7 +327,9 @@ class CellTissueModel(nn.Module):
                     out = cfg.share_channels or raw[pos]
                     links[pos] = _exchange_conv(raw[pos], out)
                     extra[pos] += out
-        self.cell = self._branch(cfg.n_cell_classes + 1, cell_extra, cfg.cell_dropout, load_encoder_weights)
+        self.cell_output = cfg.cell_output
+        cell_channels = cfg.n_cell_classes + (1 if cfg.cell_output == "softmax" else 0)
+        self.cell = self._branch(cell_channels, cell_extra, cfg.cell_dropout, load_encoder_weights)
         self.tissue = (self._branch(nt, tissue_extra, cfg.tissue_dropout, load_encoder_weights)
                        if cfg.tissue_branch else None)
         # Without cell→tissue links the tissue branch needs nothing from the cell branch, so

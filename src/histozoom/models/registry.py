@@ -10,7 +10,8 @@ Registered (OCELOT paper names): ``cell-only``, ``unet-cell-only`` (supplement C
 ``tissue-label-leaking``, ``pred-to-input``, ``pred-to-inter-1``, ``pred-to-inter-2``,
 ``pred-to-output``, ``feature-sharing``, and the Table 7 ablations
 ``{pred-to-inter-2, feature-sharing}-no-large-fov`` (tissue labels without large FoV) and
-``{...}-no-tissue-labels`` (large FoV without tissue labels).
+``{...}-no-tissue-labels`` (large FoV without tissue labels), and ``mfovce-net`` (supplement
+Table C.1: the large-FoV image as an extra input without tissue labels).
 
 Nuclei family (CHR-Net paper names, Tables 1–2): ``chrnet`` (the full model = MHR+WDist),
 ``chrnet-shr`` (one HRFE, no segmentation branch), ``chrnet-mhr`` (two HRFEs, no
@@ -169,6 +170,15 @@ def _register_ablations(base: str) -> None:
 
 for _base in ("pred-to-inter-2", "feature-sharing"):
     _register_ablations(_base)
+
+
+@register_model("mfovce-net")
+def _mfovce_net() -> CellTissueConfig:
+    """Supplement Table C.1's MFoVCE-Net baseline ("a large FoV patch is also utilized as an
+    input", no tissue annotation): a context encoder on the large-FoV view whose features,
+    cropped to the cell window, join the cell branch at its encoder output and after ASPP
+    (tissue→cell exchanges), trained without any tissue loss."""
+    return CellTissueConfig(tissue_branch=True, sharing=("t2c", "t2c", "none"), tissue_supervised=False)
 
 
 # ---------------------------------------------------------------------- the nuclei family (CHR-Net)

@@ -34,8 +34,9 @@ Per slide (:meth:`SlidePredictor.predict_slide`):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -43,11 +44,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.normalize import normalize_image
 from ..data.samples import image_tensor
 from ..errors import InputError
 from ..inference.decode import decode_cells_torch
 from ..inference.device import maybe_compile, to_device
 from ..inference.predictor import Predictor
+from ..models.cell_tissue import cell_probability_map
 from .job import (
     UPSAMPLE_LIMIT,
     ModelClock,
@@ -81,7 +84,11 @@ class SlidePredictor:
     def __init__(self, predictor: Predictor, settings: SlideSettings, checkpoint: str = ""):
         self.predictor = predictor
         self.model = predictor.model
-        self.settings = settings
+        if predictor.normalize not in ("none", "percentile"):
+            raise InputError(checkpoint or None, f"the model was trained with {predictor.normalize!r} normalisation, "
+                                                 "which needs each pair's tissue view; slides support 'none' and "
+                                                 "'percentile' (each tile scaled on its own)")
+        self.settings = settings = dataclasses.replace(settings, normalize=predictor.normalize)
         self.checkpoint = checkpoint
         compiled = predictor.compiled
         self._cell_given_tissue = maybe_compile(getattr(self.model, "cell_logits_given_tissue", None), compiled)
@@ -94,23 +101,24 @@ class SlidePredictor:
                                                  "which a slide does not have; it cannot run on slides")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", cell_margin: int | None = None,
+    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str = "cpu", cell_margin: int | None = None,
                         tissue_margin: int | None = None, engine: str = "torch", compile: bool = False) -> SlidePredictor:
-        """From a training run folder or a ``save_pretrained`` folder. The views' sizes and
-        µm/px come from the checkpoint (older checkpoints: its dataset's nominal µm/px at
-        the training size); ``engine``: what runs the network (:mod:`~histozoom.inference.engines`);
+        """From a training run folder or a ``save_pretrained`` folder (or several: their
+        ensemble, :mod:`~histozoom.inference.ensemble`). The views' sizes and µm/px come
+        from the (first) checkpoint (older checkpoints: its dataset's nominal µm/px at the
+        training size); ``engine``: what runs the network (:mod:`~histozoom.inference.engines`);
         ``compile``: ``torch.compile`` its entry points."""
-        from ..models.checkpoint import load_config, require_family, resolve_checkpoint
+        from ..inference.ensemble import member_extras
+        from ..models.checkpoint import load_config
 
-        ckpt = resolve_checkpoint(path)
-        _, meta = load_config(ckpt)
-        require_family(ckpt, meta, "cell-tissue", "cell detection over slides needs an OCELOT model; "
-                                                  "for nuclei use 'histozoom nuclei slide predict'")
-        extra = meta.get("extra") or {}
-        cfg = meta.get("config") or {}
-        if cfg.get("leak_tissue_labels"):
-            raise InputError(ckpt, "a tissue-label-leaking model reads ground-truth tissue labels, "
-                                   "which a slide does not have; it cannot run on slides")
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        members = member_extras(paths, "cell detection over slides needs an OCELOT model; "
+                                       "for nuclei use 'histozoom nuclei slide predict'")
+        for ckpt, _ in members:
+            if (load_config(ckpt)[1].get("config") or {}).get("leak_tissue_labels"):
+                raise InputError(ckpt, "a tissue-label-leaking model reads ground-truth tissue labels, "
+                                       "which a slide does not have; it cannot run on slides")
+        ckpt, extra = members[0]
         views = extra.get("views")
         if views is None:
             spec, size = extra.get("spec") or {}, extra.get("size")
@@ -119,9 +127,11 @@ class SlidePredictor:
                                        "retrain with this version of histozoom")
             views = {"cell": {"size": size, "mpp": spec.get("cell_mpp", 0.2)},
                      "tissue": {"size": size, "mpp": spec.get("tissue_mpp", 0.8)}}
-        predictor = Predictor.from_checkpoint(ckpt, device=device, size=None, engine=engine, compile=compile)
+        predictor = Predictor.from_checkpoints([c for c, _ in members], device=device, size=None, engine=engine,
+                                               compile=compile)
         sp = cls(predictor, SlideSettings.from_views(views, cell_margin, tissue_margin), str(ckpt))
-        sp.factory = functools.partial(cls.from_checkpoint, str(ckpt), device, cell_margin, tissue_margin, engine, compile)
+        sp.factory = functools.partial(cls.from_checkpoint, [str(c) for c, _ in members], device, cell_margin,
+                                       tissue_margin, engine, compile)
         return sp
 
     # ------------------------------------------------------------------ what the model needs
@@ -193,7 +203,8 @@ class SlidePredictor:
         st, cg = self.settings, region.grid
         assert cg is not None
         pad = (st.cell_margin + 4) * cg.scale + 4 * st.tissue_mpp / slide.mpp  # context a cell tile's window needs
-        view = TissueView(st.tissue_mpp, st.tissue_tile, st.tissue_margin, len(self.predictor.spec.tissue_classes or ()))
+        view = TissueView(st.tissue_mpp, st.tissue_tile, st.tissue_margin, len(self.predictor.spec.tissue_classes or ()),
+                          st.normalize)
         return stitch_tissue_map(self._tissue_probabilities, view, slide, cg, region.tiles, pad, work, options, clock)
 
     # ------------------------------------------------------------------ the cell pass (job.TilePass)
@@ -218,20 +229,21 @@ class SlidePredictor:
         frame ``(B, T, H, W)`` (per-tile context only; ``None`` otherwise)."""
         dev = self.predictor.device
         cell = to_device(torch.stack([v["cell"] for v in views]), dev)
+        kind = self.predictor.cell_output
         if context == "none":
             logits = clock(lambda x: self.predictor.net(x)["cell_logits"], cell)
-            return logits.float().softmax(1), None
+            return cell_probability_map(logits, kind), None
         win = torch.stack([v["window"] for v in views]).to(dev)
         if context == "shared":
             probs = to_device(torch.stack([v["tissue_probs"] for v in views]), dev)
             logits = clock(self._cell_given_tissue, cell, probs, win)
-            return logits.float().softmax(1), None
+            return cell_probability_map(logits, kind), None
         tissue = to_device(torch.stack([v["tissue"] for v in views]), dev)
         out = clock(self.predictor.net, cell, tissue, win)
         from ..geometry import tissue_to_cell
 
         t_cell = tissue_to_cell(out["tissue_logits"].float().softmax(1), win, tuple(cell.shape[-2:]))
-        return out["cell_logits"].float().softmax(1), t_cell
+        return cell_probability_map(out["cell_logits"], kind), t_cell
 
     def _decode_batch(self, grid: TileGrid, batch: list[int], prob: torch.Tensor, t_cell: torch.Tensor | None,
                       tmap: TissueMap | None) -> dict[str, np.ndarray]:
@@ -268,15 +280,16 @@ def read_cell_views(settings: SlideSettings, slide: Slide, job: SlidePass, tmap:
     for k in tiles:
         ox, oy = grid.read_origin(k)
         side = st.cell_tile * grid.scale  # level-0 px
-        views = {"cell": image_tensor(slide.read(ox, oy, st.cell_tile, st.cell_tile, st.cell_mpp))}
+        views = {"cell": image_tensor(normalize_image(slide.read(ox, oy, st.cell_tile, st.cell_tile, st.cell_mpp),
+                                                      st.normalize))}
         if job.context == "shared":
             crop, win = tmap.window(ox, oy, side, side)
             views["tissue_probs"], views["window"] = torch.from_numpy(crop), torch.tensor(win)
         elif job.context == "per-tile":
             tside = st.tissue_tile * st.tissue_mpp / slide.mpp
             cx, cy = ox + side / 2, oy + side / 2
-            views["tissue"] = image_tensor(slide.read(cx - tside / 2, cy - tside / 2, st.tissue_tile, st.tissue_tile,
-                                                      st.tissue_mpp))
+            views["tissue"] = image_tensor(normalize_image(
+                slide.read(cx - tside / 2, cy - tside / 2, st.tissue_tile, st.tissue_tile, st.tissue_mpp), st.normalize))
             f = side / tside
             views["window"] = torch.tensor([(1 - f) / 2, (1 - f) / 2, f, f])
         out.append(views)

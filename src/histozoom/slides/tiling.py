@@ -37,7 +37,8 @@ class SlideSettings:
     model was trained on (after its resize); ``cell_tile``/``tissue_tile``: their sides in
     px; ``cell_margin``: px dropped on each side of a cell tile (its detections belong to
     the neighbour); ``tissue_margin``: px of each tissue tile not kept in the stitched map
-    (its central part is kept)."""
+    (its central part is kept); ``normalize``: the input normalisation of every tile read
+    (:func:`~histozoom.data.normalize.normalize_image`, each tile on its own)."""
 
     cell_mpp: float
     tissue_mpp: float
@@ -45,6 +46,7 @@ class SlideSettings:
     tissue_tile: int
     cell_margin: int
     tissue_margin: int
+    normalize: str = "none"
 
     def __post_init__(self):
         for name in ("cell_mpp", "tissue_mpp"):

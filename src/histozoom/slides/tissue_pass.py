@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_json
+from ..data.normalize import normalize_image
 from ..data.samples import image_tensor
 from ..inference.device import to_device
 from .job import ModelClock, SlideOptions, batches, prefetch, progress
@@ -31,12 +32,14 @@ __all__ = ["TissueView", "stitch_tissue_map"]
 @dataclass(frozen=True)
 class TissueView:
     """How the tissue branch reads: ``tile`` px at ``mpp`` µm/px, of which ``margin`` px on
-    each side are not kept; ``channels``: its softmax channels (tissue classes)."""
+    each side are not kept; ``channels``: its softmax channels (tissue classes);
+    ``normalize``: the input normalisation of each tile (:func:`~histozoom.data.normalize.normalize_image`)."""
 
     mpp: float
     tile: int
     margin: int
     channels: int
+    normalize: str = "none"
 
     @property
     def core(self) -> int:
@@ -73,7 +76,8 @@ def stitch_tissue_map(probabilities: Callable[[torch.Tensor], torch.Tensor], vie
     device = clock.device
 
     def read(b: int) -> torch.Tensor:
-        return torch.stack([image_tensor(slide.read(*tg.read_origin(k), view.tile, view.tile, view.mpp)) for k in groups[b]])
+        return torch.stack([image_tensor(normalize_image(slide.read(*tg.read_origin(k), view.tile, view.tile, view.mpp),
+                                                         view.normalize)) for k in groups[b]])
 
     jobs = list(range(done, len(groups)))
     m, c = view.margin, tg.core

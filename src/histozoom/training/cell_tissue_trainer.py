@@ -33,6 +33,7 @@ rank 0 validates and writes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,10 @@ from typing import Any
 import torch
 
 from ..data.augment import PairedAugment
-from ..data.base import DatasetSpec
+from ..data.base import DatasetSpec, PairSplit
 from ..data.open import open_dataset
 from ..data.samples import PairDataset, SampleConfig
+from ..data.splits import ConcatSplit, fold_splits
 from ..errors import InputError
 from ..evaluation import score_split, split_ground_truth
 from ..inference.decode import PeakConfig
@@ -54,6 +56,7 @@ from .distributed import SINGLE, DistInfo, unwrap
 from .loop import CHECKPOINT_NAME, RunLoop
 from .losses import CellTissueLoss
 from .recipe import recipe_loss
+from .sampling import class_balance_weights
 
 TEST_PREDICTIONS = "test_predictions.json"
 
@@ -85,13 +88,8 @@ class Trainer(RunLoop):
     def setup(self) -> None:
         ds = open_dataset(self.cfg.data, allow_outside_paths=self.cfg.allow_outside_paths)
         self.spec: DatasetSpec = ds.spec
-        if self.cfg.train_split not in ds.splits:
-            raise InputError(self.cfg.data, f"split {self.cfg.train_split!r} not found (available: {', '.join(ds.splits)})")
-        self.train_split = ds.split(self.cfg.train_split)
-        self.val_split = ds.split(self.cfg.val_split) if self.cfg.val_split in ds.splits else None
+        self.train_split, self.val_split = self._train_val(ds)
         self.test_split = ds.split(self.cfg.test_split) if self.cfg.test_split in ds.splits else None
-        if self.cfg.val_split and self.val_split is None:
-            self.log(f"no split {self.cfg.val_split!r}: no validation; the last epoch is kept as best")
         missing = [s for s in self.train_split.ids if self.train_split.points(s) is None]
         if missing:
             raise InputError(self.cfg.data,
@@ -118,11 +116,34 @@ class Trainer(RunLoop):
         tissue_weight = self.cfg.tissue_weight if (mc.tissue_branch and mc.tissue_supervised) else 0.0
         self.loss_name = recipe_loss(self.cfg.recipe, self.cfg.loss)
         self.loss_fn = CellTissueLoss(self.spec.cell_classes, tc, self.cfg.cell_weight, tissue_weight,
-                                      tissue_in_cell_frame=mc.tissue_input == "cell", loss=self.loss_name).to(self.device)
+                                      tissue_in_cell_frame=mc.tissue_input == "cell", loss=self.loss_name,
+                                      target=self.cfg.target).to(self.device)
         self.mask_key = None
         if mc.leak_tissue_labels:
             self.mask_key = "tissue_target_cell" if mc.tissue_input == "cell" else "tissue_target"
-        self.peak = PeakConfig(self.cfg.peak_min_distance_um, self.cfg.peak_threshold)
+        self.peak = PeakConfig(**self.cfg.peak_settings())
+
+    def _train_val(self, ds) -> tuple[PairSplit, PairSplit | None]:
+        """The training and validation splits the config asks for: the dataset's named
+        splits; with ``folds`` the training split without fold ``fold`` and that fold; with
+        ``retrain_all`` the training and validation splits together, no validation."""
+        cfg = self.cfg
+        if cfg.train_split not in ds.splits:
+            raise InputError(cfg.data, f"split {cfg.train_split!r} not found (available: {', '.join(ds.splits)})")
+        train = ds.split(cfg.train_split)
+        val = ds.split(cfg.val_split) if cfg.val_split in ds.splits else None
+        if cfg.folds is not None:
+            train, val = fold_splits(train, cfg.folds, cfg.fold, cfg.split_seed)
+            self.log(f"fold {cfg.fold} of {cfg.folds} (slides grouped, organs stratified, split seed "
+                     f"{cfg.split_seed}): {len(train)} training, {len(val)} validation pairs")
+        elif cfg.retrain_all:
+            if val is not None:
+                train = ConcatSplit([train, val], f"{cfg.train_split}+{cfg.val_split}")
+            val = None
+            self.log(f"retraining on {len(train)} pairs (no validation: the last epoch is kept)")
+        elif cfg.val_split and val is None:
+            self.log(f"no split {cfg.val_split!r}: no validation; the last epoch is kept as best")
+        return train, val
 
     def model_views(self) -> dict:
         """What the model reads (for slides): per view its input side in pixels and µm/px
@@ -138,7 +159,7 @@ class Trainer(RunLoop):
 
     def extra(self, epoch: int, val: dict | None) -> dict:
         return {"spec": self.spec.to_dict(), "size": self.cfg.size, "views": self.model_views(),
-                "peak": {"min_distance_um": self.peak.min_distance_um, "threshold": self.peak.threshold},
+                "peak": dataclasses.asdict(self.peak), "normalize": self.cfg.normalize, "target": self.cfg.target,
                 "epoch": epoch, "val": val, "train_config": self.cfg.to_dict()}
 
     # ------------------------------------------------------------------ the task
@@ -153,7 +174,14 @@ class Trainer(RunLoop):
 
     def make_train_set(self) -> PairDataset:
         augment = PairedAugment(seed=self.cfg.seed) if self.cfg.augment else None
-        return PairDataset(self.train_split, SampleConfig(size=self.cfg.size), augment)
+        sample = SampleConfig(size=self.cfg.size, heatmaps=self.cfg.target == "gaussian", normalize=self.cfg.normalize)
+        return PairDataset(self.train_split, sample, augment)
+
+    def sample_weights(self) -> list[float] | None:
+        if self.cfg.sampling != "class-balanced":
+            return None
+        points = [self.train_split.points(i) for i in self.train_split.ids]
+        return class_balance_weights(points, self.spec.cell_classes.ids).tolist()
 
     def unused_parameters(self) -> bool:
         mc = self.model_config
@@ -169,8 +197,8 @@ class Trainer(RunLoop):
 
     def predictor(self, model: torch.nn.Module | None = None, tta: bool = False) -> Predictor:
         return Predictor(unwrap(model or self.model), self.spec, size=self.cfg.size, peak_cfg=self.peak,
-                         device=self.device, tta=tta, batch_size=self.cfg.batch_size, num_workers=self.num_workers,
-                         amp=self.amp)
+                         normalize=self.cfg.normalize, device=self.device, tta=tta, batch_size=self.cfg.batch_size,
+                         num_workers=self.num_workers, amp=self.amp)
 
     def validate(self) -> dict | None:
         if self.val_split is None:

@@ -40,6 +40,18 @@ from .recipe import LOSSES, RECIPES
 
 TRAIN_CONFIG_FILE = "train_config.json"
 
+TARGETS = ("disk", "gaussian")
+"""Cell training targets: class-labelled disks (segmentation loss) or Gaussian heatmaps (MSE)."""
+
+SAMPLINGS = ("uniform", "class-balanced")
+"""How training samples are drawn each epoch."""
+
+TARGET_PEAKS = {"disk": {"threshold": 0.5, "smooth_um": 0.0},
+                "gaussian": {"threshold": 0.3, "smooth_um": 0.57}}
+"""Decoding defaults per target: the foreground threshold, and the σ (µm) of the Gaussian
+that smooths the foreground map before peak finding (half the target σ for heatmaps,
+whose raw peaks are flat-topped and noisy; none for disks)."""
+
 RUNTIME_FIELDS = ("device", "num_workers", "progress", "tensorboard", "stop_after")
 """Fields that do not change what is computed (on one device type); a resumed run may
 change them. Every other field must match the saved config."""
@@ -212,8 +224,24 @@ class TrainConfig(RunConfig):
     averages lag the weights and eval-mode outputs suffer (seen on small synthetic sets:
     tissue accuracy 0.54 with the running statistics, 0.92 re-estimated).
 
-    Decoding for validation: ``peak_min_distance_um``, ``peak_threshold``
-    (:class:`~histozoom.inference.decode.PeakConfig`).
+    Decoding for validation: ``peak_min_distance_um``, ``peak_threshold``, ``peak_smooth_um``,
+    ``peak_nms_radius_um``
+    (:class:`~histozoom.inference.decode.PeakConfig`; ``None``: the target's default,
+    :data:`TARGET_PEAKS`).
+
+    Challenge toolkit (the OCELOT 2023 top teams' options):
+    ``target`` ("disk": class-labelled disks + the segmentation loss, the paper's;
+    "gaussian": one heatmap per class, σ = 1.14 µm, sigmoid outputs and an MSE loss,
+    decoded on the smoothed heatmap), ``normalize`` (:data:`~histozoom.data.normalize.NORMALIZATIONS`:
+    "none", "percentile" = per-channel 1–99 percentile scaling, "macenko" = stain
+    normalisation fitted on each tissue view, applied to both views; recorded in the
+    checkpoint, so prediction does the same), ``sampling`` ("uniform" or
+    "class-balanced": samples drawn with replacement, weighted by
+    :func:`~histozoom.training.sampling.class_balance_weights`), ``folds``/``fold``
+    (train on the training split without fold ``fold`` of ``folds`` slide-grouped,
+    organ-stratified folds and validate on that fold, :mod:`histozoom.data.splits`;
+    ``split_seed`` deals the folds), ``retrain_all`` (train on the training and the
+    validation split together, without validation: the last epoch is kept).
 
     Runtime: ``seed``, ``device`` ("cpu", "cuda", "cuda:1", "auto"), ``num_workers``
     (``None``: 0 on CPU, up to 8 on CUDA), ``amp`` (bf16 autocast; ``None`` = on CUDA
@@ -238,10 +266,30 @@ class TrainConfig(RunConfig):
     tissue_weight: float = 1.0
 
     peak_min_distance_um: float = 2.0
-    peak_threshold: float = 0.5
+    peak_threshold: float | None = None
+    peak_smooth_um: float | None = None
+    peak_nms_radius_um: float = 0.0
     loss: str | None = None
 
+    target: str = "disk"
+    normalize: str = "none"
+    sampling: str = "uniform"
+    folds: int | None = None
+    fold: int = 0
+    split_seed: int = 0
+    retrain_all: bool = False
+
     def problems(self):
+        from ..data.normalize import NORMALIZATIONS
+
+        for name, value, allowed in (("target", self.target, TARGETS), ("normalize", self.normalize, NORMALIZATIONS),
+                                     ("sampling", self.sampling, SAMPLINGS)):
+            if value not in allowed:
+                yield f"{name} must be one of {allowed}, got {value!r}"
+        if self.folds is not None and not (self.folds >= 2 and 0 <= self.fold < self.folds):
+            yield f"folds must be >= 2 and fold in 0..folds-1, got folds={self.folds}, fold={self.fold}"
+        if self.folds is not None and self.retrain_all:
+            yield "retrain_all trains on every training and validation sample: it takes no folds"
         if self.loss is not None and self.loss not in LOSSES:
             yield f"loss must be one of {LOSSES} (or None: the recipe's), got {self.loss!r}"
         problem = size_problem("size", self.size, self.model,
@@ -256,6 +304,14 @@ class TrainConfig(RunConfig):
                 yield f"{name} must be in [0, 1), got {v}"
 
     # ------------------------------------------------------------------ derived
+    def peak_settings(self) -> dict[str, float]:
+        """``PeakConfig`` fields: the explicit ones, the rest from :data:`TARGET_PEAKS`."""
+        base = TARGET_PEAKS[self.target]
+        return {"min_distance_um": self.peak_min_distance_um,
+                "threshold": base["threshold"] if self.peak_threshold is None else self.peak_threshold,
+                "smooth_um": base["smooth_um"] if self.peak_smooth_um is None else self.peak_smooth_um,
+                "nms_radius_um": self.peak_nms_radius_um}
+
     def model_kwargs(self, n_cell_classes: int | None = None, n_tissue_classes: int | None = None) -> dict[str, Any]:
         """Overrides for :func:`~histozoom.models.registry.get_config`: the explicit
         ``model_overrides`` plus dropout, ablation switches and the dataset's class counts."""
@@ -274,5 +330,7 @@ class TrainConfig(RunConfig):
             kw["tissue_supervised"] = False
         if self.no_large_fov:
             kw["tissue_input"] = "cell"
+        if self.target == "gaussian":
+            kw["cell_output"] = "heatmap"
         kw.update(self.model_overrides)
         return kw

@@ -15,7 +15,7 @@ others wait at a barrier. ``batch_size`` is per process.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,20 +109,40 @@ class EpochSampler(Sampler):
     split across ranks), so it depends on nothing but ``(seed, epoch, rank, world)``. The
     epoch travels with every index, so a dataset can seed its augmentation per sample
     and epoch — reproducible with any number of (persistent) workers and after resume.
+
+    ``weights`` (one per sample): draw the epoch's ``n`` indices with replacement, each
+    with probability proportional to its weight (``torch.multinomial`` seeded with
+    ``seed + epoch``), rank ``r`` of ``w`` taking draws ``r, r + w, ...`` of
+    ``⌈n / w⌉·w``; class-balanced sampling (:mod:`histozoom.training.sampling`).
     """
 
-    def __init__(self, n: int, info: DistInfo = SINGLE, seed: int = 0, shuffle: bool = True, drop_last: bool = False):
+    def __init__(self, n: int, info: DistInfo = SINGLE, seed: int = 0, shuffle: bool = True, drop_last: bool = False,
+                 weights: Sequence[float] | None = None):
         self.inner = DistributedSampler(range(n), num_replicas=info.world_size, rank=info.rank,
                                         shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if self.weights is not None and (len(self.weights) != n or not bool((self.weights >= 0).all())
+                                         or not float(self.weights.sum()) > 0):
+            raise ValueError(f"weights: {n} non-negative values with a positive sum expected")
+        self.info, self.seed = info, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         self.inner.set_epoch(self.epoch)
 
+    def _drawn(self) -> list[int]:
+        world = self.info.world_size
+        total = -(-len(self.weights) // world) * world
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, total, replacement=True, generator=g)
+        return draws[self.info.rank::world].tolist()
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in self.inner:
+        for i in (self.inner if self.weights is None else self._drawn()):
             yield (self.epoch, int(i))
 
     def __len__(self) -> int:
-        return len(self.inner)
+        if self.weights is None:
+            return len(self.inner)
+        return -(-len(self.weights) // self.info.world_size)

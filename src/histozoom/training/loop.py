@@ -258,6 +258,10 @@ class RunLoop:
         """JSON metadata stored with each checkpoint (``config.json``'s ``extra``)."""
         return {"epoch": epoch, "val": val, "train_config": self.cfg.to_dict()}
 
+    def sample_weights(self) -> list[float] | None:
+        """Per-sample drawing weights of the training set (``None``: a plain shuffle)."""
+        return None
+
     def unused_parameters(self) -> bool:
         """Whether some parameters get no gradient (DDP's ``find_unused_parameters``)."""
         return False
@@ -297,7 +301,8 @@ class RunLoop:
         self.train_set = SeededSamples(self.make_train_set(), cfg.seed)
         self.augment = getattr(self.train_set.data, "augment", None)
         n_local = -(-len(self.train_set) // self.dist.world_size)
-        self.sampler = EpochSampler(len(self.train_set), self.dist, cfg.seed, shuffle=True)
+        self.sampler = EpochSampler(len(self.train_set), self.dist, cfg.seed, shuffle=True,
+                                    weights=self.sample_weights())
         bs = min(cfg.batch_size, n_local)
         drop_last = n_local > 1 and n_local % bs == 1  # a batch of one breaks BatchNorm in training
         self.loader = DataLoader(self.train_set, batch_size=bs, sampler=self.sampler, num_workers=self.num_workers,

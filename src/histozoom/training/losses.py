@@ -6,6 +6,10 @@ Soft multi-class Dice over a softmax: for each channel ``c`` of the batch,
 images, and the loss is ``1 − mean_c dice_c``. Pixels whose label is the ignore value
 (tissue 255 = unknown, and 0 = unlabelled in tissue maps) do not count.
 
+Gaussian targets (``target="gaussian"``): the cell term is the mean squared error between
+``sigmoid(cell_logits)`` (one channel per class) and the per-class heatmaps
+(:func:`~histozoom.data.targets.cell_gaussian_heatmaps`), :func:`heatmap_mse_loss`.
+
 Label → channel: a :class:`ClassSet` orders classes; the cell output has channel 0 =
 background and channel ``1 + k`` = ``classes.ids[k]``; the tissue output has channel
 ``k`` = ``classes.ids[k]`` (no background channel).
@@ -67,6 +71,14 @@ def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
 
 
+def heatmap_mse_loss(logits: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels and channels of ``(sigmoid(logits) − heatmaps)²``; ``logits`` and
+    ``heatmaps`` are ``(B, C, H, W)`` (logits at another size are resized bilinearly)."""
+    if logits.shape[-2:] != heatmaps.shape[-2:]:
+        logits = F.interpolate(logits, size=heatmaps.shape[-2:], mode="bilinear", align_corners=False)
+    return F.mse_loss(logits.float().sigmoid(), heatmaps.float())
+
+
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cross_entropy: bool) -> tuple[torch.Tensor, float]:
     """Dice (+ cross-entropy): the loss and the Dice part's value."""
     dice = soft_dice_loss(logits, target)
@@ -81,6 +93,8 @@ class CellTissueLoss(torch.nn.Module):
 
     ``tissue_in_cell_frame``: the tissue branch sees the cell view (Table 7's "tissue labels
     without large FoV"), so its target is the tissue mask cropped to the cell window.
+    ``target="gaussian"``: the cell term is :func:`heatmap_mse_loss` against the batch's
+    ``cell_heatmap`` (the tissue term is unchanged).
     """
 
     def __init__(
@@ -91,10 +105,14 @@ class CellTissueLoss(torch.nn.Module):
         tissue_weight: float = 1.0,
         tissue_in_cell_frame: bool = False,
         loss: str = "dice",
+        target: str = "disk",
     ):
         super().__init__()
         if loss not in ("dice", "dice+ce"):
             raise ValueError(f"loss must be 'dice' or 'dice+ce', got {loss!r}")
+        if target not in ("disk", "gaussian"):
+            raise ValueError(f"target must be 'disk' or 'gaussian', got {target!r}")
+        self.target = target
         self.cross_entropy = loss == "dice+ce"
         self.register_buffer("cell_table", label_lookup(cell_classes, background=True), persistent=False)
         tissue = tissue_classes or ClassSet(("none",), (1,))
@@ -104,10 +122,14 @@ class CellTissueLoss(torch.nn.Module):
         self.tissue_key = "tissue_target_cell" if tissue_in_cell_frame else "tissue_target"
 
     def forward(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        cell, cell_dice = segmentation_loss(outputs["cell_logits"], to_channels(batch["cell_target"], self.cell_table),
-                                            self.cross_entropy)
+        if self.target == "gaussian":
+            cell = heatmap_mse_loss(outputs["cell_logits"], batch["cell_heatmap"])
+            parts = {"cell_mse_loss": float(cell.detach())}
+        else:
+            cell, cell_dice = segmentation_loss(outputs["cell_logits"],
+                                                to_channels(batch["cell_target"], self.cell_table), self.cross_entropy)
+            parts = {"cell_dice_loss": cell_dice}
         total = self.cell_weight * cell
-        parts = {"cell_dice_loss": cell_dice}
         if self.tissue_weight and "tissue_logits" in outputs and self.tissue_key in batch:
             tissue, tissue_dice = segmentation_loss(outputs["tissue_logits"],
                                                     to_channels(batch[self.tissue_key], self.tissue_table),
