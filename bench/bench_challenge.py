@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _measure import peak_rss_mb
+from _measure import offset_background, peak_rss_mb
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ocelot" / "sample_004"
 TEST_PAIRS = 126
@@ -53,9 +53,7 @@ def build_checkpoint(root: Path, foreground: float = 0.02) -> Path:
     with torch.inference_mode():
         logits = model(view(pair.cell_image), view(pair.tissue_image),
                        torch.tensor([pair.placement.fractions()], dtype=torch.float32))["cell_logits"]
-    gap = (logits[:, 1:].max(1).values - logits[:, 0]).flatten()
-    with torch.no_grad():
-        model.cell.head[0].bias[0] += float(torch.quantile(gap[::7], 1 - foreground))
+    offset_background(model, logits, foreground)
     extra = {"spec": DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES).to_dict(), "size": 1024,
              "views": {"cell": {"size": 1024, "mpp": 0.2}, "tissue": {"size": 1024, "mpp": 0.8}},
              "peak": {"min_distance_um": 2.0, "threshold": 0.5}}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from _measure import peak_rss_mb
+from _measure import offset_background, peak_rss_mb
 
 
 def _checkpoint(root: Path, tile: int, encoder: str, slide: Path, foreground: float) -> Path:
@@ -56,10 +56,7 @@ def _checkpoint(root: Path, tile: int, encoder: str, slide: Path, foreground: fl
     windows = torch.tensor([[0.375, 0.375, 0.25, 0.25]] * len(origins))
     with torch.inference_mode():
         logits = model(cells, tissue, windows)["cell_logits"]
-    gap = (logits[:, 1:].max(1).values - logits[:, 0]).flatten()
-    if foreground < 1:
-        with torch.no_grad():
-            model.cell.head[0].bias[0] += float(torch.quantile(gap[::7], 1 - foreground))
+    offset_background(model, logits, foreground)
     extra = {"spec": DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES).to_dict(), "size": tile,
              "views": {"cell": {"size": tile, "mpp": 0.2}, "tissue": {"size": tile, "mpp": 0.8}},
              "peak": {"min_distance_um": 2.0, "threshold": 0.5}}
