@@ -2,6 +2,7 @@
 buys on the synthetic ``context`` data, one seed, the same training budget for every run.
 
 Run:  python bench/toolkit_table.py [--out bench/out/toolkit] [--epochs cell-only=15 pred-to-inter-2=10] [--jobs 2]
+      [--only 'Cell-only, Gaussians' percentile]   (a subset of rows, training only what they use)
 
 Data: ``histozoom synth --preset context``, 128 px views at 0.4 / 1.6 µm/px, 120/30/40
 pairs (``recipe_table.py``'s ``g04``). Runs (``histozoom train --epochs E --size 128``,
@@ -33,11 +34,11 @@ MODELS = {"cell-only": "Cell-only", "pred-to-inter-2": "Pred-to-inter-2"}
 VARIANTS = {"disk": [], "gaussian": ["--target", "gaussian"], "percentile": ["--normalize", "percentile"]}
 
 
-def runs_to_train(out: Path) -> list[tuple[str, str, int]]:
-    """(model, variant, seed) of every training, Pred-to-inter-2's first (the longest first
-    keeps both workers busy to the end)."""
-    jobs = [(m, "disk", s) for m in MODELS for s in range(3)] + [(m, v, 0) for m in MODELS for v in ("gaussian", "percentile")]
-    return sorted(jobs, key=lambda j: j[0] != "pred-to-inter-2")
+def runs_to_train(table: list[tuple[str, dict]]) -> list[tuple[str, str, int]]:
+    """(model, variant, seed) of every training the rows use, Pred-to-inter-2's first (the
+    longest first keeps both workers busy to the end)."""
+    keys = {key for _, settings in table for key in settings["checkpoints"] + settings.get("tissue", [])}
+    return sorted(keys, key=lambda j: (j[0] != "pred-to-inter-2", j))
 
 
 def model_epochs(text: str) -> tuple[str, int]:
@@ -52,23 +53,30 @@ def run_dir(out: Path, model: str, variant: str, seed: int) -> Path:
     return out / "runs" / model / variant / f"seed{seed}"
 
 
-def rows(out: Path) -> list[tuple[str, dict]]:
-    """(row label, prediction settings) in table order."""
-    def ck(m, v="disk", s=0):
-        return [run_dir(out, m, v, s)]
-
+def rows() -> list[tuple[str, dict]]:
+    """(row label, prediction settings) in table order; runs are (model, variant, seed)."""
     table = []
     for m, name in MODELS.items():
-        table += [(f"{name}, disks", {"checkpoints": ck(m)}),
-                  (f"{name}, Gaussians", {"checkpoints": ck(m, "gaussian")}),
-                  (f"{name}, disks + TTA", {"checkpoints": ck(m), "tta": True}),
-                  (f"{name}, disks, 3-model ensemble", {"checkpoints": [run_dir(out, m, 'disk', s) for s in range(3)]}),
-                  (f"{name}, disks, percentile scaling", {"checkpoints": ck(m, "percentile")})]
+        table += [(f"{name}, disks", {"checkpoints": [(m, "disk", 0)]}),
+                  (f"{name}, Gaussians", {"checkpoints": [(m, "gaussian", 0)]}),
+                  (f"{name}, disks + TTA", {"checkpoints": [(m, "disk", 0)], "tta": True}),
+                  (f"{name}, disks, 3-model ensemble", {"checkpoints": [(m, "disk", s) for s in range(3)]}),
+                  (f"{name}, disks, percentile scaling", {"checkpoints": [(m, "percentile", 0)]})]
         for rule in ("extreme", "adaptive"):
-            tissue = {} if m == "pred-to-inter-2" else {"tissue": run_dir(out, "pred-to-inter-2", "disk", 0)}
+            tissue = {} if m == "pred-to-inter-2" else {"tissue": [("pred-to-inter-2", "disk", 0)]}
             source = "own tissue branch" if m == "pred-to-inter-2" else "Pred-to-inter-2's tissue"
-            table.append((f"{name}, disks + {rule} fusion ({source})", {"checkpoints": ck(m), "fusion": rule, **tissue}))
+            table.append((f"{name}, disks + {rule} fusion ({source})",
+                          {"checkpoints": [(m, "disk", 0)], "fusion": rule, **tissue}))
     return table
+
+
+def selected(table: list[tuple[str, dict]], only: list[str] | None) -> list[tuple[str, dict]]:
+    """The rows whose label contains one of ``only`` (all rows without it). The bootstrap
+    draws one set of resamples for every method, so a row scores the same in any subset."""
+    chosen = [row for row in table if not only or any(text in row[0] for text in only)]
+    if not chosen:
+        raise SystemExit(f"--only {only} matches no row; rows: {[label for label, _ in table]}")
+    return chosen
 
 
 def predict(out: Path, label: str, settings: dict, data: Path) -> Path:
@@ -78,8 +86,8 @@ def predict(out: Path, label: str, settings: dict, data: Path) -> Path:
 
     path = out / "predictions" / (label.replace(", ", "_").replace(" ", "-").replace("'", "") + ".json")
     if not path.is_file():
-        tissue = load_tissue_model(str(settings["tissue"]), "cpu") if "tissue" in settings else None
-        pred = Predictor.from_checkpoints(settings["checkpoints"], tta=settings.get("tta", False),
+        tissue = load_tissue_model(str(run_dir(out, *settings["tissue"][0])), "cpu") if "tissue" in settings else None
+        pred = Predictor.from_checkpoints([run_dir(out, *key) for key in settings["checkpoints"]], tta=settings.get("tta", False),
                                           fusion=settings.get("fusion"), tissue_model=tissue)
         path.parent.mkdir(parents=True, exist_ok=True)
         pred.predict_split(open_dataset(data).split("test")).write_challenge_json(path)
@@ -93,18 +101,20 @@ def main() -> None:
                     metavar="MODEL=E", help="epochs per model (default: cell-only=15 pred-to-inter-2=10)")
     ap.add_argument("--jobs", type=int, default=2, help="trainings at once (each its own process)")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--only", nargs="+", metavar="TEXT", help="only the rows whose label contains TEXT "
+                                                               "(and only the trainings they use)")
     ap.add_argument("--train-args", default="", help="more train options for every run (smoke tests)")
     a = ap.parse_args()
     data = synth(a.out, "g04")
     epochs = dict(a.epochs)
+    table = selected(rows(), a.only)
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
         futures = [pool.submit(run_one, data, run_dir(a.out, m, v, s), m, "default", s, epochs[m], "cpu",
-                               VARIANTS[v] + a.train_args.split()) for m, v, s in runs_to_train(a.out)]
+                               VARIANTS[v] + a.train_args.split()) for m, v, s in runs_to_train(table)]
         for f in concurrent.futures.as_completed(futures):
             f.result()
     from histozoom.evaluation import evaluate
 
-    table = rows(a.out)
     preds = [predict(a.out, label, settings, data) for label, settings in table]
     report = evaluate([str(p) for p in preds], str(data), names=[label for label, _ in table], split="test",
                       subgroups=True, bootstrap=a.bootstrap, seed=0)
