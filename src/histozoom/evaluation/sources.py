@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,6 +265,21 @@ def split_ground_truth(split: PairSplit, visit: Callable[[int, Pair], None] | No
     return out
 
 
+_DATASET_LABEL = re.compile(r"(?P<path>.*) \(split (?P<split>[^()]*)\)")
+
+
+def dataset_label(path: str | Path, split: str) -> str:
+    """How a dataset ground truth names itself (``PointSet.source``, ``evaluation.json``'s
+    ``ground_truth``): ``"PATH (split S)"``; :func:`parse_dataset_label` reads it back."""
+    return f"{path} (split {split})"
+
+
+def parse_dataset_label(label: str) -> tuple[Path, str | None]:
+    """Dataset folder and split of a :func:`dataset_label`; any other label is just a path."""
+    m = _DATASET_LABEL.fullmatch(label)
+    return (Path(m["path"]), m["split"]) if m else (Path(label), None)
+
+
 def _load_dataset(path: Path, split: str | None, classes: ClassSet | None, image_size: ImageSize, with_pairs: bool,
                   allow_outside_paths: bool = False) -> PointSet:
     """Ground truth of one split of the dataset at ``path`` (see :func:`load_ground_truth`)."""
@@ -301,7 +317,7 @@ def _load_dataset(path: Path, split: str | None, classes: ClassSet | None, image
                     organs[k] = organ
         if ids and image_size is None:
             sizes = dict.fromkeys(range(len(ids)), sp.load(ids[0]).cell_size)
-    ps = PointSet(points, len(ids), names, f"{path} (split {name})", classes=classes, organs=organs,
+    ps = PointSet(points, len(ids), names, dataset_label(path, name), classes=classes, organs=organs,
                   placements=placements, tissue_masks=masks, tissue_classes=spec.tissue_classes, image_sizes=sizes,
                   cell_mpp=spec.cell_mpp)
     for k, pts in points.items():

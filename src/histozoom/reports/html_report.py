@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import re
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +42,7 @@ from PIL import Image, ImageDraw
 
 from ..atomic import write_text
 from ..errors import InputError
+from ..evaluation.render import EVALUATION_JSON
 from ..jsonio import read_json
 from ..metrics.detection import DetectionCounts, match_image, per_image_f1
 from ..metrics.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -54,9 +54,6 @@ if TYPE_CHECKING:
     from ..evaluation.scoring import EvaluationReport
     from ..evaluation.sources import PointSet
     from ..geometry import Placement
-
-EVALUATION_JSON = "evaluation.json"
-"""The file an evaluation folder holds (:data:`histozoom.evaluation.render.EVALUATION_JSON`)."""
 
 MERGE_KEYS = ("ground_truth", "matching", "radius_um", "mpp", "radius_px", "classes", "num_images")
 """Settings of ``evaluation.json`` that must be equal for folders to be merged."""
@@ -437,25 +434,15 @@ class ImageSource:
     notes: list[str] = field(default_factory=list)
 
 
-_SPLIT_RE = re.compile(r"(?P<path>.*) \(split (?P<split>[^()]*)\)")
-
-
-def recorded_dataset(ground_truth: str) -> tuple[Path, str | None]:
-    """Dataset folder and split from ``evaluation.json``'s ``ground_truth``
-    (``"PATH (split S)"`` for a dataset, else just a path)."""
-    m = _SPLIT_RE.fullmatch(ground_truth)
-    return (Path(m["path"]), m["split"]) if m else (Path(ground_truth), None)
-
-
 def open_image_source(ev: Evaluation, gt: str | Path | None = None, split: str | None = None,
                       allow_outside_paths: bool = False) -> ImageSource | str:
     """The dataset of ``ev``'s ground truth (or ``gt``/``split`` given instead), checked to
     hold the evaluated images with the same ground-truth counts; a string says why there
     are no images. A given ``gt`` that does not match raises :class:`InputError`."""
     from ..data.open import is_dataset, open_dataset, pick_split
-    from ..evaluation.sources import load_ground_truth
+    from ..evaluation.sources import load_ground_truth, parse_dataset_label
 
-    path, rec_split = recorded_dataset(str(ev.doc["ground_truth"]))
+    path, rec_split = parse_dataset_label(str(ev.doc["ground_truth"]))
     if gt is not None:
         path, rec_split = Path(gt), split or (rec_split if Path(gt) == path else None)
     elif split is not None:
