@@ -31,3 +31,16 @@ def offset_background(model, cell_logits, foreground: float) -> None:
     gap = (cell_logits[:, 1:].max(1).values - cell_logits[:, 0]).flatten()
     with torch.no_grad():
         model.cell.head[0].bias[0] += float(torch.quantile(gap[::7], 1 - foreground))
+
+
+def save_ocelot_checkpoint(model, root: Path, size: int) -> Path:
+    """Save ``model`` as an OCELOT-class checkpoint under ``root/ckpt``: views of ``size`` px
+    at 0.2 (cell) / 0.8 (tissue) µm/px, peaks 2 µm apart above 0.5."""
+    from histozoom.data.base import DatasetSpec
+    from histozoom.models.checkpoint import save_pretrained
+    from histozoom.pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES
+
+    extra = {"spec": DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES).to_dict(), "size": size,
+             "views": {"cell": {"size": size, "mpp": 0.2}, "tissue": {"size": size, "mpp": 0.8}},
+             "peak": {"min_distance_um": 2.0, "threshold": 0.5}}
+    return save_pretrained(model, root / "ckpt", extra=extra)

@@ -24,28 +24,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _measure import offset_background, peak_rss_mb
+from _measure import offset_background, peak_rss_mb, save_ocelot_checkpoint
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ocelot" / "sample_004"
 TEST_PAIRS = 126
 LIMIT_GB = 12.0
 
 
-def build_checkpoint(root: Path, foreground: float = 0.02) -> Path:
+def build_checkpoint(root: Path, pair, foreground: float = 0.02) -> Path:
     """Random weights, with the background logit offset so that a ``foreground`` share of
     the sample pair's pixels is foreground: detections then come at a trained model's
     density (about a hundred per pair) instead of one every 2 µm."""
     import torch
 
-    from histozoom.data.base import DatasetSpec
-    from histozoom.data.gc_container import GrandChallengeContainer
-    from histozoom.models.checkpoint import save_pretrained
     from histozoom.models.registry import build_model
-    from histozoom.pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES
 
     torch.manual_seed(0)
     model = build_model("pred-to-inter-2").eval()
-    pair = GrandChallengeContainer(SAMPLE).load("000")
 
     def view(image):
         return torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
@@ -54,17 +49,7 @@ def build_checkpoint(root: Path, foreground: float = 0.02) -> Path:
         logits = model(view(pair.cell_image), view(pair.tissue_image),
                        torch.tensor([pair.placement.fractions()], dtype=torch.float32))["cell_logits"]
     offset_background(model, logits, foreground)
-    extra = {"spec": DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES).to_dict(), "size": 1024,
-             "views": {"cell": {"size": 1024, "mpp": 0.2}, "tissue": {"size": 1024, "mpp": 0.8}},
-             "peak": {"min_distance_um": 2.0, "threshold": 0.5}}
-    return save_pretrained(model, root / "ckpt", extra=extra)
-
-
-def build_container(root: Path, n: int) -> Path:
-    from histozoom.data.gc_container import GrandChallengeContainer, write_container
-
-    pair = GrandChallengeContainer(SAMPLE).load("000")
-    return write_container(root / f"input{n}", [pair] * n)
+    return save_ocelot_checkpoint(model, root, 1024)
 
 
 def child(args: list[str]) -> None:
@@ -84,12 +69,17 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=2)
     a = ap.parse_args()
+    if min(a.pairs) < a.batch_size or a.pairs[0] >= a.pairs[1]:
+        ap.error("--pairs N1 N2 needs batch size <= N1 < N2 (below a full batch the slope measures the batch, not the pairs)")
+    from histozoom.data.gc_container import GrandChallengeContainer, write_container
+
     with tempfile.TemporaryDirectory(prefix="bench-challenge-") as tmp:
         root = Path(tmp)
-        ckpt = build_checkpoint(root)
+        pair = GrandChallengeContainer(SAMPLE).load("000")
+        ckpt = build_checkpoint(root, pair)
         peaks = {}
         for n in a.pairs:
-            inp = build_container(root, n)
+            inp = write_container(root / f"input{n}", [pair] * n)
             out = subprocess.run([sys.executable, __file__, "--child", "challenge", "run", "--input", str(inp),
                                   "--output", str(root / f"out{n}"), "--checkpoint", str(ckpt), "--device", a.device,
                                   "--batch-size", str(a.batch_size), "--no-progress", "--json"],

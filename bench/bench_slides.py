@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from _measure import offset_background, peak_rss_mb
+from _measure import offset_background, peak_rss_mb, save_ocelot_checkpoint
 
 
 def _checkpoint(root: Path, tile: int, encoder: str, slide: Path, foreground: float) -> Path:
@@ -37,10 +37,7 @@ def _checkpoint(root: Path, tile: int, encoder: str, slide: Path, foreground: fl
     the pixels of a few tiles of ``slide`` is foreground: the peaks then come at a density
     like a trained model's (~9000 cells/mm² at 0.1) instead of one every 2 µm, which
     would make decoding, not the model, the work."""
-    from histozoom.data.base import DatasetSpec
-    from histozoom.models.checkpoint import save_pretrained
     from histozoom.models.registry import build_model
-    from histozoom.pair import OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES
     from histozoom.slides.reader import open_slide
 
     torch.manual_seed(0)
@@ -57,10 +54,7 @@ def _checkpoint(root: Path, tile: int, encoder: str, slide: Path, foreground: fl
     with torch.inference_mode():
         logits = model(cells, tissue, windows)["cell_logits"]
     offset_background(model, logits, foreground)
-    extra = {"spec": DatasetSpec(OCELOT_CELL_CLASSES, OCELOT_TISSUE_CLASSES).to_dict(), "size": tile,
-             "views": {"cell": {"size": tile, "mpp": 0.2}, "tissue": {"size": tile, "mpp": 0.8}},
-             "peak": {"min_distance_um": 2.0, "threshold": 0.5}}
-    return save_pretrained(model, root / "ckpt", extra=extra)
+    return save_ocelot_checkpoint(model, root, tile)
 
 
 def _slide(root: Path, side_mm: float, name: str) -> Path:
