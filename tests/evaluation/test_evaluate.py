@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -316,3 +317,13 @@ def test_real_gt_with_images_beyond_num_images(shared_data):
     assert any("num_images 320" in w for w in rep.warnings)
     with pytest.raises(InputError, match=r"image index \d+ >= num_images 320"):
         evaluate(str(path), str(path), strict=True)
+
+
+@pytest.mark.parametrize("path, split", [("/data/ocelot", "test"), ("runs/a (split b)/ds", "val"), ("d", "fold 1")])
+def test_dataset_label_round_trip(path, split):
+    """The label evaluate records for a dataset ground truth reads back as its folder and
+    split; any other label is a path with no split."""
+    from histozoom.evaluation.sources import dataset_label, parse_dataset_label
+
+    assert parse_dataset_label(dataset_label(path, split)) == (Path(path), split)
+    assert parse_dataset_label("preds/gt.json") == (Path("preds/gt.json"), None)
